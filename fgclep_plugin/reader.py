@@ -1,0 +1,121 @@
+"""Reading ECG shards back: URL expansion, sample decoding and a plain streaming iterator.
+
+The training pipeline, stage 2 and evaluation all decode samples with :func:`decode_sample`, so a shard means
+the same thing everywhere. Arrays load with ``allow_pickle=False``: a shard is data, never code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .ecg import LEADS, N_SAMPLES
+
+
+def expand_urls(urls: str | Sequence[str]) -> list[str]:
+    """Expand open_clip-style shard specs: ``::``-joined sets and brace ranges (``a-{000000..000009}.tar``)."""
+    import braceexpand
+
+    if not isinstance(urls, str):
+        return [u for spec in urls for u in expand_urls(spec)]
+    return [u for part in urls.split("::") if part for u in braceexpand.braceexpand(part)]
+
+
+def decode_npy(data: bytes, name: str = "") -> np.ndarray:
+    """Decode an ``.npy`` payload (never unpickling) and check it is a canonical ``[12, 5000]`` ECG."""
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.shape != (len(LEADS), N_SAMPLES):
+        raise ValueError(f"{name}: ECG array has shape {arr.shape}, expected {(len(LEADS), N_SAMPLES)}")
+    return arr
+
+
+def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
+    """Turn a raw webdataset sample (``__key__`` + ``npy``/``txt``/``json`` bytes) into ``ecg``/``text``/``meta``."""
+    key = raw.get("__key__", "?")
+
+    def _bytes(k: str) -> bytes:
+        if k not in raw:
+            raise KeyError(f"sample {key} in {raw.get('__url__', '?')} has no '{k}' member")
+        v = raw[k]
+        return v if isinstance(v, bytes) else v.encode() if isinstance(v, str) else v
+
+    out = {
+        "__key__": key,
+        "ecg": decode_npy(_bytes("npy"), key),
+        "text": _bytes("txt").decode("utf-8"),
+        "meta": json.loads(_bytes("json")) if "json" in raw else {},
+    }
+    if "__url__" in raw:
+        out["__url__"] = raw["__url__"]
+    return out
+
+
+def _open(url: str):
+    if url.startswith("pipe:"):
+        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
+        return proc.stdout, proc
+    url = url.removeprefix("file:")
+    return open(url, "rb"), None
+
+
+def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Stream raw samples (member suffix -> bytes) from tar shards in order, grouping members by key."""
+    for url in expand_urls(urls):
+        stream, proc = _open(url)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                current: dict[str, Any] | None = None
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    base = os.path.basename(member.name)
+                    key, _, suffix = base.partition(".")
+                    key = os.path.join(os.path.dirname(member.name), key)
+                    if current is not None and current["__key__"] != key:
+                        yield current
+                        current = None
+                    if current is None:
+                        current = {"__key__": key, "__url__": url}
+                    current[suffix] = tar.extractfile(member).read()
+                if current is not None:
+                    yield current
+        finally:
+            stream.close()
+            if proc is not None:
+                proc.wait()
+
+
+def iter_samples(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Iterate decoded samples ``{"__key__", "ecg" (float16 [12, 5000]), "text", "meta"}`` from shards."""
+    for raw in iter_raw(urls):
+        yield decode_sample(raw)
+
+
+def read_sizes(urls: str | Sequence[str]) -> int:
+    """Total number of samples in ``urls`` according to the ``sizes.json`` beside each shard."""
+    total = 0
+    cache: dict[str, dict[str, int]] = {}
+    for url in expand_urls(urls):
+        d = os.path.dirname(url)
+        if d not in cache:
+            with open(os.path.join(d, "sizes.json")) as f:
+                cache[d] = json.load(f)
+        total += int(cache[d][os.path.basename(url)])
+    return total
+
+
+def stack(samples: Iterable[dict[str, Any]]) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+    """Collect samples into (ecgs ``[N, 12, 5000]`` float16, texts, metas): for small evaluation sets only."""
+    ecgs, texts, metas = [], [], []
+    for s in samples:
+        ecgs.append(s["ecg"])
+        texts.append(s["text"])
+        metas.append(s["meta"])
+    return np.stack(ecgs) if ecgs else np.zeros((0, len(LEADS), N_SAMPLES), np.float16), texts, metas

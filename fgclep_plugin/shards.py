@@ -1,0 +1,280 @@
+"""Writing WebDataset ECG shards from any source: parallel, streaming, atomic and resumable.
+
+The unit of work is a shard. Shard ``k`` holds the source's items ``[k * maxcount, (k + 1) * maxcount)``
+(minus the rejected ones), so the assignment of records to shards never depends on timing or on which
+shards a previous run finished. A shard is written to a temporary name and renamed into place only when
+complete, after its state file (sample count + rejects) has been written; a re-run skips every shard whose
+``.tar`` exists and redoes the rest, so an interrupted conversion completes without duplicates.
+
+Beside the shards: ``sizes.json`` (merged with entries of other shard sets in the same folder, as open_clip
+reads it), ``NAME.rejects.jsonl`` (one line per rejected record: item, reason, message) and
+``.fgclep-state/`` (per-shard state and the run's manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import re
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+from .ecg import canonicalize
+from .records import EcgRecord, RejectError
+
+STATE_DIR = ".fgclep-state"
+
+
+class Source(Protocol):
+    """What the shard writer needs of a dataset reader (see ``fgclep_plugin.sources``)."""
+
+    name: str
+
+    def items(self) -> list: ...
+
+    def load(self, item: Any) -> EcgRecord: ...
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see a partial file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def encode_sample(key: str, ecg: np.ndarray, text: str, meta: dict[str, Any]) -> dict[str, bytes]:
+    """The members of one shard sample: ``npy`` (the ECG), ``txt`` (report) and ``json`` (metadata)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(ecg), allow_pickle=False)
+    return {
+        "npy": buf.getvalue(),
+        "txt": text.encode("utf-8"),
+        "json": json.dumps(meta, sort_keys=True, default=_json_default).encode("utf-8"),
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sample_from_record(rec: EcgRecord, canon_opts: dict[str, Any] | None = None) -> tuple[str, dict[str, bytes]]:
+    """Canonicalise a record and encode it as a shard sample; raises RejectError."""
+    ecg, canon_meta = canonicalize(rec, **(canon_opts or {}))
+    text = " ".join(rec.report.split())
+    if not text:
+        raise RejectError("empty-report", f"{rec.source}:{rec.record_id} has no report text")
+    meta = {
+        "source": rec.source,
+        "record_id": rec.record_id,
+        "patient_id": rec.patient_id,
+        "labels": rec.labels,
+        **canon_meta,
+        **rec.meta,
+    }
+    return rec.key, encode_sample(rec.key, ecg, text, meta)
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float = 0.0) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime  # fixed: identical inputs give byte-identical shards
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+_counter = None
+_on_tick: Callable[[], None] | None = None
+
+
+def _init_worker(counter, on_tick: Callable[[], None] | None = None) -> None:
+    global _counter, _on_tick
+    _counter, _on_tick = counter, on_tick
+
+
+def _tick() -> None:
+    if _counter is not None:
+        with _counter.get_lock():
+            _counter.value += 1
+    if _on_tick is not None:
+        _on_tick()
+
+
+def write_one_shard(
+    source: Source, items: list, shard_path: str, state_path: str, canon_opts: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Convert ``items`` into the tar ``shard_path`` (atomically); returns and saves {count, rejects, keys}."""
+    tmp = Path(shard_path).with_name(f".{Path(shard_path).name}.tmp-{os.getpid()}")
+    rejects, keys, seen = [], [], set()
+    with open(tmp, "wb") as f:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for item in items:
+                try:
+                    rec = source.load(item)
+                    key, members = sample_from_record(rec, canon_opts)
+                    if key in seen:
+                        raise RejectError("duplicate-key", f"{item}: key {key} already in this shard")
+                    seen.add(key)
+                    for suffix, data in members.items():
+                        _add_member(tar, f"{key}.{suffix}", data)
+                    keys.append(key)
+                except RejectError as e:
+                    rejects.append({"item": str(item), "reason": e.reason, "message": str(e)})
+                except Exception as e:  # noqa: BLE001  a reader bug or a file nobody anticipated: keep going, keep the reason
+                    rejects.append({"item": str(item), "reason": "error", "message": f"{item}: {type(e).__name__}: {e}"})
+                _tick()
+        f.flush()
+        os.fsync(f.fileno())
+    state = {"count": len(keys), "rejects": rejects, "keys": keys}
+    atomic_write_json(state_path, state)
+    os.replace(tmp, shard_path)
+    return state
+
+
+def _manifest(source: Source, items: list, maxcount: int, canon_opts: dict[str, Any]) -> dict[str, Any]:
+    digest = hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
+    return {"source": source.name, "n_items": len(items), "items_sha256": digest, "maxcount": maxcount,
+            "canon_opts": canon_opts}
+
+
+def write_shards(
+    source: Source,
+    out: str,
+    maxcount: int = 1000,
+    workers: int = 1,
+    *,
+    items: list | None = None,
+    canon_opts: dict[str, Any] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Convert every item of ``source`` into shards ``out % k`` (e.g. ``DIR/NAME-%06d.tar``); resumable.
+
+    Returns a summary: ``written``, ``rejected`` (count by reason), ``shards``, ``seconds``, ``urls`` (a brace
+    pattern for open_clip's ``--train-data``), ``rejects_file``.
+    """
+    t0 = time.time()
+    if "%" not in out:
+        raise ValueError(f"--out must contain a shard number pattern such as NAME-%06d.tar, got {out!r}")
+    items = list(source.items() if items is None else items)
+    canon_opts = dict(canon_opts or {})
+    out_dir = Path(out).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = out_dir / STATE_DIR
+    state_dir.mkdir(exist_ok=True)
+    name = re.sub(r"-?%0?\d*d.*$", "", Path(out).name) or "shard"
+    for stale in out_dir.glob(f".{name}*.tmp-*"):
+        stale.unlink()  # partial shards of an interrupted run: never visible under a final name
+
+    manifest = _manifest(source, items, maxcount, canon_opts)
+    manifest_path = state_dir / f"{name}.manifest.json"
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old != json.loads(json.dumps(manifest)):
+            raise RuntimeError(
+                f"{out_dir} already holds shards '{name}' written from different input or settings "
+                f"({manifest_path}); choose another --out or delete them"
+            )
+    else:
+        atomic_write_json(manifest_path, manifest)
+
+    n_shards = max(1, -(-len(items) // maxcount))
+    jobs = []
+    for k in range(n_shards):
+        shard_path = str(out_dir / Path(out % k).name)
+        state_path = str(state_dir / (Path(shard_path).name + ".json"))
+        if not (os.path.exists(shard_path) and os.path.exists(state_path)):
+            jobs.append((k, items[k * maxcount : (k + 1) * maxcount], shard_path, state_path))
+    done_before = len(items) - sum(len(j[1]) for j in jobs)
+    if log and done_before:
+        log(f"resuming: {n_shards - len(jobs)} of {n_shards} shards already complete")
+
+    counter = mp.Value("l", 0)
+    bar = tqdm(total=len(items), initial=done_before, unit="ecg", desc=name, disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        _init_worker(None, lambda: bar.update(1))
+        try:
+            for _, its, sp, st in jobs:
+                write_one_shard(source, its, sp, st, canon_opts)
+        finally:
+            _init_worker(None)
+    else:
+        ctx = mp.get_context("spawn" if os.environ.get("FGCLEP_SPAWN") else "fork")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as ex:
+            pending = {ex.submit(write_one_shard, source, its, sp, st, canon_opts) for _, its, sp, st in jobs}
+            while pending:
+                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    fut.result()
+                bar.update(counter.value - (bar.n - done_before))
+    bar.close()
+
+    sizes, rejects = {}, []
+    for k in range(n_shards):
+        shard_name = Path(out % k).name
+        state = json.loads((state_dir / (shard_name + ".json")).read_text())
+        sizes[shard_name] = state["count"]
+        rejects.extend(state["rejects"])
+    sizes_path = out_dir / "sizes.json"
+    all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
+    all_sizes.update(sizes)
+    atomic_write_json(sizes_path, all_sizes)
+    rejects_path = out_dir / f"{name}.rejects.jsonl"
+    atomic_write_bytes(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+
+    by_reason = Counter(r["reason"] for r in rejects)
+    summary = {
+        "source": source.name,
+        "written": sum(sizes.values()),
+        "rejected": dict(sorted(by_reason.items())),
+        "shards": n_shards,
+        "seconds": round(time.time() - t0, 2),
+        "urls": str(out_dir / (out_pattern_to_brace(Path(out).name, n_shards))),
+        "rejects_file": str(rejects_path),
+    }
+    if log:
+        log(format_summary(summary))
+    return summary
+
+
+def out_pattern_to_brace(pattern: str, n_shards: int) -> str:
+    """``NAME-%06d.tar`` with 3 shards -> ``NAME-{000000..000002}.tar`` (open_clip's --train-data form)."""
+    m = re.search(r"%0?(\d*)d", pattern)
+    width = int(m.group(1) or 0)
+    first, last = f"{0:0{width}d}", f"{n_shards - 1:0{width}d}"
+    rng = first if n_shards == 1 else f"{{{first}..{last}}}"
+    return pattern[: m.start()] + rng + pattern[m.end() :]
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """A human-readable summary of a conversion."""
+    rej = sum(s["rejected"].values())
+    lines = [f"{s['source']}: wrote {s['written']} ECGs in {s['shards']} shard(s), rejected {rej}, {s['seconds']} s"]
+    lines += [f"  rejected {n:6d}  {reason}" for reason, n in s["rejected"].items()]
+    lines += [f"  shards:  {s['urls']}", f"  rejects: {s['rejects_file']}"]
+    return "\n".join(lines)
