@@ -53,7 +53,8 @@ def _leads_by_name(rec: EcgRecord) -> dict[str, np.ndarray]:
     sig = np.asarray(rec.signal, dtype=np.float64)
     if sig.ndim != 2 or sig.shape[0] != len(rec.lead_names):
         raise RejectError(
-            "bad-shape", f"{rec.record_id}: signal shape {sig.shape} does not match {len(rec.lead_names)} lead names"
+            "bad-shape",
+            f"{rec.record_id}: signal shape {sig.shape} does not match {len(rec.lead_names)} lead names",
         )
     found: dict[str, np.ndarray] = {}
     for name, row in zip(rec.lead_names, sig):
@@ -61,7 +62,9 @@ def _leads_by_name(rec: EcgRecord) -> dict[str, np.ndarray]:
         if canon is None:
             continue
         if canon in found:
-            raise RejectError("duplicate-lead", f"{rec.record_id}: lead {canon} appears twice ({rec.lead_names})")
+            raise RejectError(
+                "duplicate-lead", f"{rec.record_id}: lead {canon} appears twice ({rec.lead_names})"
+            )
         found[canon] = row
     return found
 
@@ -107,7 +110,8 @@ def repair_nans(x: np.ndarray, max_gap: int, record_id: str = "") -> tuple[np.nd
         longest = int((ends - starts).max())
         if longest > max_gap:
             raise RejectError(
-                "nan-gap", f"{record_id}: lead {LEADS[row]} has a NaN run of {longest} samples (max {max_gap})"
+                "nan-gap",
+                f"{record_id}: lead {LEADS[row]} has a NaN run of {longest} samples (max {max_gap})",
             )
         x[row, mask] = np.interp(idx[mask], idx[~mask], x[row, ~mask])
     return x, int(bad.sum())
@@ -138,7 +142,9 @@ def canonicalize(
     derived = _derive_limb_leads(leads)
     missing = [n for n in LEADS if n not in leads]
     if missing:
-        raise RejectError("missing-lead", f"{rid}: no lead(s) {', '.join(missing)} among {list(rec.lead_names)}")
+        raise RejectError(
+            "missing-lead", f"{rid}: no lead(s) {', '.join(missing)} among {list(rec.lead_names)}"
+        )
     x = np.stack([leads[n] for n in LEADS])
     n_orig = x.shape[1]
     seconds = n_orig / float(rec.fs)
@@ -170,7 +176,9 @@ def canonicalize(
 
     peak = float(np.abs(x).max())
     if peak > max_abs_mv:
-        raise RejectError("amplitude", f"{rid}: |signal| reaches {peak:.1f} mV (> {max_abs_mv} mV; wrong units?)")
+        raise RejectError(
+            "amplitude", f"{rid}: |signal| reaches {peak:.1f} mV (> {max_abs_mv} mV; wrong units?)"
+        )
     ptp = np.ptp(x, axis=1)
     flat = [LEADS[i] for i in np.flatnonzero(ptp < flat_mv)]
     if len(flat) == len(LEADS):

@@ -83,7 +83,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def sample_from_record(rec: EcgRecord, canon_opts: dict[str, Any] | None = None) -> tuple[str, dict[str, bytes]]:
+def sample_from_record(
+    rec: EcgRecord, canon_opts: dict[str, Any] | None = None
+) -> tuple[str, dict[str, bytes]]:
     """Canonicalise a record and encode it as a shard sample; raises RejectError."""
     ecg, canon_meta = canonicalize(rec, **(canon_opts or {}))
     text = " ".join(rec.report.split())
@@ -146,7 +148,9 @@ def write_one_shard(
                 except RejectError as e:
                     rejects.append({"item": str(item), "reason": e.reason, "message": str(e)})
                 except Exception as e:  # noqa: BLE001  a reader bug or a file nobody anticipated: keep going, keep the reason
-                    rejects.append({"item": str(item), "reason": "error", "message": f"{item}: {type(e).__name__}: {e}"})
+                    rejects.append(
+                        {"item": str(item), "reason": "error", "message": f"{item}: {type(e).__name__}: {e}"}
+                    )
                 _tick()
         f.flush()
         os.fsync(f.fileno())
@@ -158,8 +162,13 @@ def write_one_shard(
 
 def _manifest(source: Source, items: list, maxcount: int, canon_opts: dict[str, Any]) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
-    return {"source": source.name, "n_items": len(items), "items_sha256": digest, "maxcount": maxcount,
-            "canon_opts": canon_opts}
+    return {
+        "source": source.name,
+        "n_items": len(items),
+        "items_sha256": digest,
+        "maxcount": maxcount,
+        "canon_opts": canon_opts,
+    }
 
 
 def write_shards(
@@ -225,7 +234,9 @@ def write_shards(
             _init_worker(None)
     else:
         ctx = mp.get_context("spawn" if os.environ.get("FGCLEP_SPAWN") else "fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)) as ex:
+        with ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+        ) as ex:
             pending = {ex.submit(write_one_shard, source, its, sp, st, canon_opts) for _, its, sp, st in jobs}
             while pending:
                 finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -274,7 +285,9 @@ def out_pattern_to_brace(pattern: str, n_shards: int) -> str:
 def format_summary(s: dict[str, Any]) -> str:
     """A human-readable summary of a conversion."""
     rej = sum(s["rejected"].values())
-    lines = [f"{s['source']}: wrote {s['written']} ECGs in {s['shards']} shard(s), rejected {rej}, {s['seconds']} s"]
+    lines = [
+        f"{s['source']}: wrote {s['written']} ECGs in {s['shards']} shard(s), rejected {rej}, {s['seconds']} s"
+    ]
     lines += [f"  rejected {n:6d}  {reason}" for reason, n in s["rejected"].items()]
     lines += [f"  shards:  {s['urls']}", f"  rejects: {s['rejects_file']}"]
     return "\n".join(lines)
