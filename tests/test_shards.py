@@ -1,0 +1,121 @@
+"""Shard writer and reader: content round trip, rejects, sizes.json, kill-and-resume, URL forms."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shard_helpers import LudbWfdb
+
+from fgclep_plugin.ecg import canonicalize
+from fgclep_plugin.reader import expand_urls, iter_samples, read_sizes
+from fgclep_plugin.shards import out_pattern_to_brace, write_shards
+
+IDS = [str(i) for i in range(1, 13)] + ["no-such-record"]
+
+
+def test_round_trip_content_rejects_and_sizes(tmp_path):
+    src = LudbWfdb(IDS)
+    s = write_shards(src, str(tmp_path / "ludb-%06d.tar"), maxcount=5, workers=2, progress=False, log=None)
+    assert s["written"] == 12 and s["rejected"] == {"missing-file": 1} and s["shards"] == 3
+    assert s["urls"] == str(tmp_path / "ludb-{000000..000002}.tar")
+    sizes = json.loads((tmp_path / "sizes.json").read_text())
+    assert sizes == {"ludb-000000.tar": 5, "ludb-000001.tar": 5, "ludb-000002.tar": 2}
+    rejects = [json.loads(line) for line in (tmp_path / "ludb.rejects.jsonl").read_text().splitlines()]
+    assert (
+        rejects == [{"item": "no-such-record", "reason": "missing-file", "message": rejects[0]["message"]}]
+        and "no-such-record.hea does not exist" in rejects[0]["message"]
+    )
+    samples = list(iter_samples(s["urls"]))
+    assert [x["meta"]["record_id"] for x in samples] == IDS[:12]  # order kept
+    for x, rid in zip(samples, IDS[:12]):
+        expected, _ = canonicalize(src.load(rid))
+        np.testing.assert_array_equal(x["ecg"], expected)
+        assert x["text"] == " ".join(src.load(rid).report.split())
+        assert x["meta"]["source"] == "ludb" and x["meta"]["fs_original"] == 500.0
+    assert read_sizes(s["urls"]) == 12
+
+
+def test_shards_are_byte_identical_across_runs_and_worker_counts(tmp_path):
+    a = write_shards(LudbWfdb(IDS[:6]), str(tmp_path / "a" / "x-%06d.tar"), 3, 1, progress=False, log=None)
+    b = write_shards(LudbWfdb(IDS[:6]), str(tmp_path / "b" / "x-%06d.tar"), 3, 2, progress=False, log=None)
+    for ua, ub in zip(expand_urls(a["urls"]), expand_urls(b["urls"])):
+        assert Path(ua).read_bytes() == Path(ub).read_bytes()
+
+
+def test_second_shard_set_in_same_folder_merges_sizes_and_changed_input_is_refused(tmp_path):
+    write_shards(LudbWfdb(IDS[:3]), str(tmp_path / "train-%06d.tar"), 10, 1, progress=False, log=None)
+    write_shards(LudbWfdb(IDS[3:5]), str(tmp_path / "test-%06d.tar"), 10, 1, progress=False, log=None)
+    assert json.loads((tmp_path / "sizes.json").read_text()) == {"train-000000.tar": 3, "test-000000.tar": 2}
+    with pytest.raises(RuntimeError, match="written from different input or settings"):
+        write_shards(LudbWfdb(IDS[:4]), str(tmp_path / "train-%06d.tar"), 10, 1, progress=False, log=None)
+
+
+_KILLABLE = """
+import sys
+sys.path.insert(0, {tests!r})
+from shard_helpers import LudbWfdb
+from fgclep_plugin.shards import write_shards
+ids = [str(i) for i in range(1, 41)]
+write_shards(LudbWfdb(ids, delay={delay}), {out!r}, maxcount=4, workers={workers}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_conversion_resumes_to_exactly_the_full_set(tmp_path, workers):
+    out = str(tmp_path / "ludb-%06d.tar")
+    script = _KILLABLE.format(tests=str(Path(__file__).parent), delay=0.03, out=out, workers=workers)
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.time() + 60
+    while len(list(tmp_path.glob("ludb-*.tar"))) < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: workers die too
+    proc.wait()
+    finished = sorted(tmp_path.glob("ludb-*.tar"))
+    assert 3 <= len(finished) < 10, "the kill should land mid-run"
+    for path in finished:  # no partial shard under a final name
+        with tarfile.open(path) as tar:
+            assert len(tar.getnames()) == 3 * 4
+    assert not (tmp_path / "sizes.json").exists()
+
+    s = write_shards(
+        LudbWfdb([str(i) for i in range(1, 41)]), out, maxcount=4, workers=workers, progress=False, log=None
+    )
+    keys = [x["__key__"] for x in iter_samples(s["urls"])]
+    assert s["written"] == 40 and len(keys) == 40 and len(set(keys)) == 40
+    assert sorted(keys) == sorted(f"ludb_{i}" for i in range(1, 41))
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_url_forms(tmp_path):
+    s = write_shards(LudbWfdb(IDS[:4]), str(tmp_path / "u-%06d.tar"), 2, 1, progress=False, log=None)
+    files = expand_urls(s["urls"])
+    assert files == [str(tmp_path / "u-000000.tar"), str(tmp_path / "u-000001.tar")]
+    joined = f"{files[1]}::{files[0]}"
+    assert [x["meta"]["record_id"] for x in iter_samples(joined)] == ["3", "4", "1", "2"]
+    piped = f"pipe:cat {files[0]}"
+    assert [x["meta"]["record_id"] for x in iter_samples(piped)] == ["1", "2"]
+    assert out_pattern_to_brace("a-%06d.tar", 1) == "a-000000.tar"
+
+
+def test_decode_refuses_pickled_and_misshapen_arrays(tmp_path):
+    import io
+
+    from fgclep_plugin.reader import decode_sample
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        decode_sample({"__key__": "k", "npy": buf.getvalue(), "txt": b"x"})
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((12, 100), np.float16))
+    with pytest.raises(ValueError, match=r"k: ECG array has shape \(12, 100\)"):
+        decode_sample({"__key__": "k", "npy": buf.getvalue(), "txt": b"x"})
