@@ -1,0 +1,98 @@
+"""FG-CLEP loss: open_clip's SigLIP sigmoid loss plus the false-negative mitigation (FNM) term.
+
+``L = L_sig + lambda * L_fnm`` with ``L_fnm = mean_ij |cos(e_i, t_j) - S_ij|`` and ``S_ij = cos(t_i, t_j)``
+(e: ECG embeddings, t: report embeddings). The sigmoid part is ``open_clip.loss.SigLipLoss`` itself, so every
+one of its distributed implementations (``bidir``, ``shift``, ``reduce``, ``gather``) keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from open_clip.loss import SigLipLoss, gather_features
+
+
+def fnm_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+             all_text_features: torch.Tensor | None = None, detach_semantic: bool = True) -> torch.Tensor:
+    """False-negative mitigation term (FG-CLEP Eq. 6).
+
+    Rows are the local ECGs ``e_i`` with their own reports ``t_i``; columns are the reports ``t_j`` of
+    ``all_text_features`` (defaults to ``text_features``). Returns ``mean_ij |cos(e_i, t_j) - cos(t_i, t_j)|``.
+    With ``detach_semantic`` the target ``S`` carries no gradient.
+    """
+    columns = text_features if all_text_features is None else all_text_features
+    e = F.normalize(image_features, dim=-1)
+    t_rows = F.normalize(text_features, dim=-1)
+    t_cols = F.normalize(columns, dim=-1)
+    cross = e @ t_cols.T
+    semantic = t_rows @ t_cols.T
+    if detach_semantic:
+        semantic = semantic.detach()
+    return (cross - semantic).abs().mean()
+
+
+class FgClepLoss(SigLipLoss):
+    """SigLIP loss plus ``fnm_lambda`` times the FNM term; logs the two terms under separate keys.
+
+    Args:
+        fnm_lambda: weight of the FNM term (paper: 0.5). 0 gives exactly ``SigLipLoss``.
+        detach_semantic: treat ``S = cos(t_i, t_j)`` as a fixed target (default ``True``). Without the
+            detach, the FNM gradient also moves report embeddings so that report-report similarity matches
+            ECG-report similarity; since SigLIP drives off-diagonal ECG-report similarities down, that
+            would push different reports that say the same thing apart, the very false negatives FNM
+            is meant to protect. Detached, S only steers the ECG-report similarities, as in the paper's
+            framing of S as the semantic target.
+        fnm_global: in multi-process runs compute FNM for the local ECGs against the reports of the whole
+            gathered global batch (default ``True``; features gathered with gradients). The mean over ranks
+            then equals the single-process FNM over the same global batch, as the SigLIP term does. With
+            ``False`` each rank uses only its local batch (fewer pairs, no communication).
+        rank, world_size, dist_impl, cache_labels: as for ``open_clip.loss.SigLipLoss``.
+
+    ``forward(...)`` returns ``{"contrastive_loss": L_sig, "fnm_loss": lambda * L_fnm}`` when
+    ``output_dict`` (open_clip's train loop sums the values and logs each) or their sum.
+    """
+
+    def __init__(self, fnm_lambda: float = 0.5, detach_semantic: bool = True, fnm_global: bool = True,
+                 cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl: str | None = None):
+        super().__init__(cache_labels=cache_labels, rank=rank, world_size=world_size, dist_impl=dist_impl)
+        if fnm_lambda < 0:
+            raise ValueError(f"fnm_lambda must be >= 0, got {fnm_lambda}")
+        self.fnm_lambda = float(fnm_lambda)
+        self.detach_semantic = detach_semantic
+        self.fnm_global = fnm_global
+
+    def fnm(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """Unweighted FNM term on this rank (local rows; local or global columns per ``fnm_global``)."""
+        all_text = None
+        if self.fnm_global and self.world_size > 1:
+            _, all_text = gather_features(image_features, text_features, gather_with_grad=True,
+                                          rank=self.rank, world_size=self.world_size)
+        return fnm_loss(image_features, text_features, all_text, detach_semantic=self.detach_semantic)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                logit_bias: torch.Tensor | None, output_dict: bool = False):
+        contrastive = super().forward(image_features, text_features, logit_scale, logit_bias, output_dict=False)
+        if self.fnm_lambda:
+            weighted_fnm = self.fnm_lambda * self.fnm(image_features, text_features)
+        else:
+            weighted_fnm = contrastive.new_zeros(())
+        if output_dict:
+            return {"contrastive_loss": contrastive, "fnm_loss": weighted_fnm}
+        return contrastive + weighted_fnm
+
+
+def create_fgclep_loss(args: Any) -> FgClepLoss:
+    """Build the loss from open_clip_train args plus ``fnm_lambda``, ``fnm_detach``, ``fnm_global``.
+
+    Missing plugin args take the defaults (0.5, detached, global).
+    """
+    return FgClepLoss(
+        fnm_lambda=getattr(args, "fnm_lambda", 0.5),
+        detach_semantic=getattr(args, "fnm_detach", True),
+        fnm_global=getattr(args, "fnm_global", True),
+        rank=args.rank,
+        world_size=args.world_size,
+        dist_impl=getattr(args, "loss_dist_impl", None),
+    )

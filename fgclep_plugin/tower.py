@@ -1,0 +1,277 @@
+"""ECG tower: a 1D ResNet over 12-lead ECGs, shaped like an open_clip vision tower.
+
+The tower reads its settings from the model config's ``vision_cfg`` (see :class:`EcgTowerCfg`), so a
+checkpoint plus its config name fully describe the model: architecture, width, input rate and length,
+and the normalisation the transform applies (see ``fgclep_plugin.transform``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+ECG_TOWER_KEY = "ecg_tower"
+"""The ``vision_cfg`` key that marks a config as an ECG model (value: ``"resnet1d"``)."""
+
+# name -> (block type, blocks per stage)
+ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+    "resnet1d18": ("basic", (2, 2, 2, 2)),
+    "resnet1d34": ("basic", (3, 4, 6, 3)),
+    "resnet1d50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet1d101": ("bottleneck", (3, 4, 23, 3)),
+}
+
+
+@dataclass
+class EcgTowerCfg:
+    """ECG settings kept in ``vision_cfg``; unknown keys are rejected with their names.
+
+    Attributes:
+        ecg_tower: tower family; only ``"resnet1d"``.
+        arch: one of :data:`ARCHS`.
+        width: channels of the first stage (64 in the standard ResNet).
+        leads: number of input leads.
+        sample_rate: rate (Hz) of the model input; the transform decimates the canonical 500 Hz signal to it.
+        input_length: samples per lead at ``sample_rate`` given to the model at evaluation.
+        train_crop_length: if set, the training transform takes a random window of this many samples.
+        norm: ``"per_lead"`` (standardise each lead of each record) or ``"fixed"`` (``mean`` / ``std``).
+        mean, std: per-lead (or one shared) values in mV for ``norm="fixed"``.
+        pool: global pooling over time: ``"avg"``, ``"max"`` or ``"avgmax"`` (concatenated).
+        proj: projection head to ``embed_dim``: ``"linear"`` or ``"mlp"``.
+        dropout: dropout before the projection.
+        zero_init_residual: initialise the last BatchNorm of each block to zero.
+    """
+
+    ecg_tower: str = "resnet1d"
+    arch: str = "resnet1d50"
+    width: int = 64
+    leads: int = 12
+    sample_rate: int = 500
+    input_length: int = 5000
+    train_crop_length: int | None = None
+    norm: str = "per_lead"
+    mean: list[float] = field(default_factory=lambda: [0.0])
+    std: list[float] = field(default_factory=lambda: [1.0])
+    pool: str = "avg"
+    proj: str = "linear"
+    dropout: float = 0.0
+    zero_init_residual: bool = True
+
+    @classmethod
+    def from_vision_cfg(cls, vision_cfg: dict[str, Any]) -> EcgTowerCfg:
+        """Build from a ``vision_cfg`` dict; raises ``ValueError`` naming unknown keys or bad values."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(vision_cfg) - known)
+        if unknown:
+            raise ValueError(f"unknown ECG vision_cfg keys {unknown}; known: {sorted(known)}")
+        cfg = cls(**vision_cfg)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.ecg_tower != "resnet1d":
+            raise ValueError(f"vision_cfg.ecg_tower must be 'resnet1d', got {self.ecg_tower!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"vision_cfg.arch {self.arch!r} not in {sorted(ARCHS)}")
+        if self.norm not in ("per_lead", "fixed"):
+            raise ValueError(f"vision_cfg.norm must be 'per_lead' or 'fixed', got {self.norm!r}")
+        if self.pool not in ("avg", "max", "avgmax"):
+            raise ValueError(f"vision_cfg.pool must be avg, max or avgmax, got {self.pool!r}")
+        if self.proj not in ("linear", "mlp"):
+            raise ValueError(f"vision_cfg.proj must be 'linear' or 'mlp', got {self.proj!r}")
+        for name in ("mean", "std"):
+            n = len(getattr(self, name))
+            if n not in (1, self.leads):
+                raise ValueError(f"vision_cfg.{name} needs 1 or {self.leads} values, got {n}")
+        if self.norm == "fixed" and min(self.std) <= 0:
+            raise ValueError("vision_cfg.std must be positive")
+        if self.train_crop_length is not None and not 0 < self.train_crop_length <= self.input_length:
+            raise ValueError("vision_cfg.train_crop_length must be in (0, input_length]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _bn(channels: int) -> nn.BatchNorm1d:
+    return nn.BatchNorm1d(channels)
+
+
+class BasicBlock1d(nn.Module):
+    """Two 3-tap convolutions with a residual connection (ResNet-18/34)."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, ch: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv1d(in_ch, ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = _bn(ch)
+        self.conv2 = nn.Conv1d(ch, ch, 3, padding=1, bias=False)
+        self.bn2 = _bn(ch)
+        self.downsample = _shortcut(in_ch, ch, stride)
+
+    def last_bn(self) -> nn.BatchNorm1d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity, inplace=True)
+
+
+class Bottleneck1d(nn.Module):
+    """1-3-1 bottleneck with 4x expansion; the stride sits on the 3-tap conv (ResNet v1.5)."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, ch: int, stride: int = 1):
+        super().__init__()
+        out_ch = ch * self.expansion
+        self.conv1 = nn.Conv1d(in_ch, ch, 1, bias=False)
+        self.bn1 = _bn(ch)
+        self.conv2 = nn.Conv1d(ch, ch, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = _bn(ch)
+        self.conv3 = nn.Conv1d(ch, out_ch, 1, bias=False)
+        self.bn3 = _bn(out_ch)
+        self.downsample = _shortcut(in_ch, out_ch, stride)
+
+    def last_bn(self) -> nn.BatchNorm1d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity, inplace=True)
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(nn.Conv1d(in_ch, out_ch, 1, stride=stride, bias=False), _bn(out_ch))
+
+
+class ResNet1d(nn.Module):
+    """1D ResNet trunk: stem (conv k7 s2, BN, ReLU, maxpool k3 s2) and four stages. Returns [B, C, T]."""
+
+    def __init__(self, arch: str = "resnet1d50", in_channels: int = 12, width: int = 64,
+                 zero_init_residual: bool = True):
+        super().__init__()
+        kind, depths = ARCHS[arch]
+        block = BasicBlock1d if kind == "basic" else Bottleneck1d
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_channels, width, 7, stride=2, padding=3, bias=False),
+            _bn(width),
+            nn.ReLU(inplace=True),
+            nn.MaxPool1d(3, stride=2, padding=1),
+        )
+        stages = []
+        in_ch = width
+        for i, depth in enumerate(depths):
+            ch = width * 2 ** i
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(in_ch, ch, stride=2 if (i > 0 and j == 0) else 1))
+                in_ch = ch * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.num_features = in_ch
+        self.grad_checkpointing = False
+        self._init_weights(zero_init_residual)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm1d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock1d, Bottleneck1d)):
+                    nn.init.zeros_(m.last_bn().weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                for blk in stage:
+                    x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x
+
+
+class EcgTower(nn.Module):
+    """open_clip vision tower for ECGs: ``forward([B, leads, T]) -> [B, embed_dim]``."""
+
+    def __init__(self, embed_dim: int, cfg: EcgTowerCfg):
+        super().__init__()
+        self.cfg = cfg
+        self.output_dim = embed_dim
+        self.trunk = ResNet1d(cfg.arch, cfg.leads, cfg.width, cfg.zero_init_residual)
+        feat = self.trunk.num_features * (2 if cfg.pool == "avgmax" else 1)
+        self.dropout = nn.Dropout(cfg.dropout)
+        if cfg.proj == "linear":
+            self.proj = nn.Linear(feat, embed_dim)
+        else:
+            hidden = (feat + embed_dim) // 2
+            self.proj = nn.Sequential(nn.Linear(feat, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
+        self._frozen_bn: list[nn.BatchNorm1d] = []
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.pool == "avg":
+            return x.mean(dim=-1)
+        if self.cfg.pool == "max":
+            return x.amax(dim=-1)
+        return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features [B, F] before the projection (used by linear probing)."""
+        if x.ndim != 3 or x.shape[1] != self.cfg.leads:
+            raise ValueError(f"ECG tower expects [batch, {self.cfg.leads}, samples], got {tuple(x.shape)}")
+        return self.pool(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.dropout(self.forward_features(x)))
+
+    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """Freeze the tower except its last ``unlocked_groups`` groups.
+
+        Groups, first to last: stem, stage 1..4, projection head. ``freeze_bn_stats`` also puts the
+        BatchNorm layers of frozen groups in eval mode permanently (running statistics stop updating).
+        """
+        groups: list[nn.Module] = [self.trunk.stem, *self.trunk.stages, self.proj]
+        frozen = groups[: max(len(groups) - unlocked_groups, 0)]
+        for g in frozen:
+            for p in g.parameters():
+                p.requires_grad = False
+            if freeze_bn_stats:
+                self._frozen_bn.extend(m for m in g.modules() if isinstance(m, nn.BatchNorm1d))
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> EcgTower:
+        super().train(mode)
+        for m in self._frozen_bn:  # frozen BatchNorm layers keep their running statistics
+            m.eval()
+        return self
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.trunk.grad_checkpointing = enable
+
+
+def build_ecg_tower(embed_dim: int, vision_cfg: dict[str, Any]) -> EcgTower:
+    """Build the ECG tower described by an ECG ``vision_cfg`` dict."""
+    return EcgTower(embed_dim, EcgTowerCfg.from_vision_cfg(vision_cfg))
+
+
+def is_ecg_vision_cfg(vision_cfg: Any) -> bool:
+    """True when a ``vision_cfg`` (dict or dataclass) names the ECG tower."""
+    return isinstance(vision_cfg, dict) and ECG_TOWER_KEY in vision_cfg

@@ -1,0 +1,184 @@
+"""FG-CLEP loss: SigLIP part is open_clip's, FNM matches Eq. 6, gradients and multi-process behaviour."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.loss import SigLipLoss
+
+from fgclep_plugin.loss import FgClepLoss, create_fgclep_loss, fnm_loss
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+
+def _features(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    return img, txt
+
+
+def _fnm_numpy(img: np.ndarray, txt: np.ndarray) -> float:
+    """Eq. 6 written as loops over plain numpy vectors."""
+    def cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+    n = img.shape[0]
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            total += abs(cos(img[i], txt[j]) - cos(txt[i], txt[j]))
+    return total / (n * n)
+
+
+def test_lambda_zero_equals_open_clip_siglip():
+    img, txt = _features()
+    scale, bias = torch.tensor(math.log(10)).exp(), torch.tensor(-10.0)
+    ours = FgClepLoss(fnm_lambda=0.0)(img, txt, scale, bias)
+    ref = SigLipLoss()(img, txt, scale, bias)
+    assert torch.allclose(ours, ref, atol=1e-6)
+    # a different scale and bias give a different value, so the comparison is not vacuous
+    assert not torch.allclose(ours, SigLipLoss()(img, txt, scale * 2, bias + 3))
+
+
+def test_fnm_matches_independent_eq6():
+    img, txt = _features(n=6, d=5, seed=3)
+    img, txt = img * 3.0, txt * 0.5  # un-normalised inputs: the term is defined on cosines
+    expected = _fnm_numpy(img.double().numpy(), txt.double().numpy())
+    assert fnm_loss(img, txt).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_total_is_sigmoid_plus_weighted_fnm_and_dict_keys():
+    img, txt = _features(seed=1)
+    scale, bias = torch.tensor(10.0), torch.tensor(-5.0)
+    loss = FgClepLoss(fnm_lambda=0.5)
+    parts = loss(img, txt, scale, bias, output_dict=True)
+    assert set(parts) == {"contrastive_loss", "fnm_loss"}
+    sig = SigLipLoss()(img, txt, scale, bias)
+    fnm = _fnm_numpy(img.double().numpy(), txt.double().numpy())
+    assert parts["contrastive_loss"].item() == pytest.approx(sig.item(), rel=1e-6)
+    assert parts["fnm_loss"].item() == pytest.approx(0.5 * fnm, rel=1e-5)
+    assert loss(img, txt, scale, bias).item() == pytest.approx(sum(v.item() for v in parts.values()), rel=1e-6)
+
+
+def test_detach_semantic_controls_gradient_through_target():
+    img, txt = _features(seed=2)
+    txt_d = txt.clone().requires_grad_(True)
+    fnm_loss(img, txt_d, detach_semantic=True).backward()
+    # detached: same gradient as with S computed from a frozen copy of the report embeddings
+    txt_ref = txt.clone().requires_grad_(True)
+    s = (F.normalize(txt, dim=-1) @ F.normalize(txt, dim=-1).T)
+    (F.normalize(img, dim=-1) @ F.normalize(txt_ref, dim=-1).T - s).abs().mean().backward()
+    assert torch.allclose(txt_d.grad, txt_ref.grad, atol=1e-7)
+    txt_nd = txt.clone().requires_grad_(True)
+    fnm_loss(img, txt_nd, detach_semantic=False).backward()
+    assert not torch.allclose(txt_nd.grad, txt_d.grad, atol=1e-4)
+
+
+def test_negative_lambda_rejected():
+    with pytest.raises(ValueError, match="fnm_lambda"):
+        FgClepLoss(fnm_lambda=-1.0)
+
+
+def test_create_fgclep_loss_reads_args():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(fnm_lambda=0.25, fnm_detach=False, fnm_global=False, rank=1, world_size=4,
+                           loss_dist_impl="gather")
+    loss = create_fgclep_loss(args)
+    assert (loss.fnm_lambda, loss.detach_semantic, loss.fnm_global) == (0.25, False, False)
+    assert (loss.rank, loss.world_size, loss.dist_impl) == (1, 4, "gather")
+
+
+def test_gradients_reach_both_towers_and_logit_params(tiny_model_and_tokenizer):
+    model, _, tokenizer = tiny_model_and_tokenizer
+    model.train()
+    model.zero_grad()
+    g = torch.Generator().manual_seed(0)
+    ecg = torch.randn(4, 12, 2000, generator=g)
+    text = tokenizer(["sinus rhythm", "atrial fibrillation", "left bundle branch block", "normal ecg"])
+    out = model(ecg, text)
+    img, txt, scale, bias = out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
+    FgClepLoss(fnm_lambda=0.5)(img, txt, scale, bias).backward()
+    for name in ("visual.trunk.stem.0.weight", "visual.proj.weight", "text.token_embedding.weight",
+                 "text.text_projection", "logit_scale", "logit_bias"):
+        grad = model.get_parameter(name).grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_tokenizer():
+    import open_clip
+
+    import fgclep_plugin
+
+    fgclep_plugin.register()
+    model, _, _ = open_clip.create_model_and_transforms("FGCLEP-Tiny", output_dict=True)
+    return model, None, open_clip.get_tokenizer("FGCLEP-Tiny")
+
+
+# ---- multi-process: two gloo ranks, each with half of the global batch ---------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    img, txt = _features(n=8, d=16, seed=5)
+    b = img.shape[0] // world
+    scale, bias = torch.tensor(10.0), torch.tensor(-3.0)
+    results = {}
+    for impl in DIST_IMPLS:
+        for fnm_global in (True, False):
+            li = img[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+            lt = txt[rank * b:(rank + 1) * b].clone().requires_grad_(True)
+            loss = FgClepLoss(fnm_lambda=0.5, fnm_global=fnm_global, rank=rank, world_size=world, dist_impl=impl)
+            parts = loss(li, lt, scale, bias, output_dict=True)
+            sum(parts.values()).backward()
+            results[(impl, fnm_global)] = {k: v.item() for k, v in parts.items()} | {
+                "img_grad": li.grad, "txt_grad": lt.grad}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_process_loss_matches_single_process_global_batch(tmp_path):
+    world = 2
+    torch.multiprocessing.spawn(_rank_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world)
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+    img, txt = _features(n=8, d=16, seed=5)
+    b = img.shape[0] // world
+    scale, bias = torch.tensor(10.0), torch.tensor(-3.0)
+    gi, gt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
+    full = FgClepLoss(fnm_lambda=0.5)(gi, gt, scale, bias, output_dict=True)
+    sum(full.values()).backward()
+    local_fnm = np.mean([0.5 * fnm_loss(img[r * b:(r + 1) * b], txt[r * b:(r + 1) * b]).item() for r in range(world)])
+
+    for impl in DIST_IMPLS:
+        glob = [p[(impl, True)] for p in per_rank]
+        # the mean over ranks of each term equals the single-process value on the global batch
+        assert np.mean([g["contrastive_loss"] for g in glob]) == pytest.approx(full["contrastive_loss"].item(), rel=1e-5)
+        assert np.mean([g["fnm_loss"] for g in glob]) == pytest.approx(full["fnm_loss"].item(), rel=1e-5)
+        # and the gradients (summed over ranks by autograd through the gathers) are world x the global ones,
+        # i.e. after DDP's averaging they equal single-process gradients
+        for r in range(world):
+            rows = slice(r * b, (r + 1) * b)
+            assert torch.allclose(glob[r]["img_grad"], world * gi.grad[rows], atol=1e-5), impl
+            assert torch.allclose(glob[r]["txt_grad"], world * gt.grad[rows], atol=1e-5), impl
+        loc = [p[(impl, False)] for p in per_rank]
+        assert np.mean([x["fnm_loss"] for x in loc]) == pytest.approx(local_fnm, rel=1e-5)
+        assert local_fnm != pytest.approx(full["fnm_loss"].item(), rel=1e-3)
