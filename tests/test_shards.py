@@ -119,3 +119,31 @@ def test_decode_refuses_pickled_and_misshapen_arrays(tmp_path):
     np.save(buf, np.zeros((12, 100), np.float16))
     with pytest.raises(ValueError, match=r"k: ECG array has shape \(12, 100\)"):
         decode_sample({"__key__": "k", "npy": buf.getvalue(), "txt": b"x"})
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_tar_walker_agrees_with_tarfile(tmp_path, fmt):
+    import io
+
+    from fgclep_plugin.reader import iter_tar
+
+    path = tmp_path / "t.tar"
+    long = "d" * 110 + "/x.npy" if fmt == tarfile.USTAR_FORMAT else "dir/" + "x" * 120 + ".npy"  # prefix field
+    names = ["a.txt", long, "b/c.json", "empty.txt"]
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            data = bytes(range(256)) * i * 3 + name.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("subdir")
+        info.type = tarfile.DIRTYPE
+        tar.addfile(info)
+    with tarfile.open(path) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    with open(path, "rb") as f:
+        assert list(iter_tar(f, str(path))) == expected
+    bad = bytearray(path.read_bytes())
+    bad[10] ^= 0xFF
+    with pytest.raises(ValueError, match="corrupt tar header"):
+        list(iter_tar(io.BytesIO(bytes(bad)), "t.tar"))
