@@ -17,6 +17,10 @@ SUBCOMMAND_MODULES = (
 )
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and epilogs printed as written."""
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--option takes key=value, got {text!r}")
@@ -59,7 +63,7 @@ def run_shards(args: argparse.Namespace) -> int:
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    from .sources import SOURCES
+    from .sources import SOURCES, source_options_help
 
     p = sub.add_parser(
         "shards",
@@ -67,7 +71,9 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         description="Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
         "float16) with their reports. Every record ends in a shard or in NAME.rejects.jsonl with its reason. "
         "Re-running the same command after an interruption completes the missing shards.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
+        + source_options_help(),
+        formatter_class=_Formatter,
     )
     p.add_argument("source", choices=sorted(SOURCES), help="dataset reader")
     p.add_argument("--root", required=True, help="dataset folder (as downloaded from PhysioNet)")
@@ -102,6 +108,14 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_shards)
 
 
+def _add_sources(sub: argparse._SubParsersAction) -> None:
+    from .sources import SOURCES, source_options_help
+
+    p = sub.add_parser("sources", help="list the dataset readers and their options")
+    p.add_argument("name", nargs="?", choices=sorted(SOURCES), help="show this source's options in full")
+    p.set_defaults(func=lambda a: print(source_options_help(a.name)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``fgclep`` parser with every stage's subcommand."""
     parser = argparse.ArgumentParser(
@@ -111,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_shards(sub)
+    _add_sources(sub)
     for name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)

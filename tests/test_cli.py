@@ -1,0 +1,117 @@
+"""The fgclep command: shards subcommand end to end, readable errors, and the shipped example shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shard_helpers import DATA
+
+from fgclep_plugin.cli import main
+from fgclep_plugin.reader import iter_samples
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_ludb_shards_are_reproducible_by_the_converter(tmp_path):
+    out = tmp_path / "ludb-test-%06d.tar"
+    rc = main(
+        [
+            "shards",
+            "ludb",
+            "--root",
+            str(DATA / "ludb"),
+            "--out",
+            str(out),
+            "--range",
+            "150:200",
+            "--maxcount",
+            "50",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    assert (tmp_path / "ludb-test-000000.tar").read_bytes() == (
+        ROOT / "shards/ludb/ludb-test-000000.tar"
+    ).read_bytes()
+    shipped = json.loads((ROOT / "shards/ludb/sizes.json").read_text())
+    assert shipped == {
+        "ludb-train-000000.tar": 50,
+        "ludb-train-000001.tar": 50,
+        "ludb-train-000002.tar": 50,
+        "ludb-test-000000.tar": 50,
+    }
+    ids = [
+        s["meta"]["record_id"]
+        for s in iter_samples(str(ROOT / "shards/ludb/ludb-train-{000000..000002}.tar"))
+    ]
+    assert ids == [str(i) for i in range(1, 151)]
+
+
+def test_cpsc_conversion_with_summary(tmp_path, capsys):
+    summary = tmp_path / "summary.json"
+    rc = main(
+        [
+            "shards",
+            "cpsc2018",
+            "--root",
+            str(DATA / "cpsc2018"),
+            "--out",
+            str(tmp_path / "c-%06d.tar"),
+            "--summary-json",
+            str(summary),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    s = json.loads(summary.read_text())
+    n_hea = len(list((DATA / "cpsc2018").glob("*.hea")))
+    n_rej = len(Path(s["rejects_file"]).read_text().splitlines())
+    assert s["written"] + n_rej == n_hea == 10
+    assert "cpsc2018: wrote" in capsys.readouterr().out
+    texts = [x["text"] for x in iter_samples(s["urls"])]
+    assert len(texts) == s["written"] and all(texts)
+
+
+def test_readable_errors(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fgclep_plugin.cli",
+            "shards",
+            "ludb",
+            "--root",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "x.tar"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert "fgclep shards: error: ludb: root" in r.stderr and "does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", str(tmp_path / "x.tar")]) == 2
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fgclep_plugin.cli",
+            "shards",
+            "ludb",
+            "--root",
+            str(DATA / "ludb"),
+            "--out",
+            str(tmp_path / "x-%06d.tar"),
+            "--option",
+            "colour=blue",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and "has no option(s) colour" in r.stderr
