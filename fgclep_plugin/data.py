@@ -212,6 +212,8 @@ def get_ecg_labelled_loader(urls: str, preprocess: Callable | None, batch_size: 
 def get_ecg_data(args, preprocess_fns: tuple, epoch: int = 0, tokenizer: Callable | None = None) -> dict:
     """Drop-in for ``open_clip_train.data.get_data``: ``{"train": DataInfo, "val": DataInfo}`` over ECG shards."""
     preprocess_train, preprocess_val = preprocess_fns
+    if getattr(args, "ecg_deterministic_data", False):
+        preprocess_train = preprocess_val  # no random crop either
     for flag in ("imagenet_val", "imagenet_v2"):
         if getattr(args, flag, None):
             raise ValueError(f"--{flag.replace('_', '-')} is an image benchmark; use --ecg-zeroshot-data")

@@ -1,0 +1,165 @@
+"""ECG zero-shot classification: class prompt embeddings vs ECG embeddings, macro AUC over present classes.
+
+The core, :func:`zero_shot_auc`, works on any model with ``encode_image``/``encode_text`` (an open_clip model
+built from an FGCLEP config) and any iterable of ``(ecg batch, [labels per sample])``; training uses it through
+:func:`ecg_zero_shot_eval`, the replacement for open_clip's ImageNet zero-shot hook, and evaluation can call it
+directly. Class prompt embeddings come from open_clip's ``build_zero_shot_classifier``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from open_clip import build_zero_shot_classifier
+from sklearn.metrics import roc_auc_score
+
+log = logging.getLogger(__name__)
+
+ECG_TEMPLATES: tuple[str, ...] = (
+    "{}.",
+    "ECG showing {}.",
+    "an electrocardiogram with {}.",
+    "the ECG shows {}.",
+)
+"""Prompt templates for class names (averaged per class by ``build_zero_shot_classifier``)."""
+
+DATA_KEY = "ecg-zeroshot"
+"""Key of the labelled zero-shot loader in open_clip's ``data`` dict."""
+
+
+def labels_from_meta(meta: dict[str, Any], key: str) -> list[str]:
+    """Class names of one sample from its shard metadata ``meta["labels"][key]``.
+
+    A list of names gives those names; a single string gives one; a dict gives the keys whose value is truthy;
+    missing or empty gives no class. Anything else raises ``ValueError`` naming the record.
+    """
+    value = (meta.get("labels") or {}).get(key)
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if str(v)]
+    if isinstance(value, dict):
+        return [str(k) for k, v in value.items() if v]
+    raise ValueError(f"record {meta.get('record_id', '?')}: labels[{key!r}] is {type(value).__name__}, "
+                     "expected a class name, a list of names or a {name: flag} dict")
+
+
+def macro_auc(scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Macro ROC AUC over classes that have both positive and negative samples.
+
+    ``scores``/``targets``: ``[N, C]``. Returns ``auc`` (nan if no class qualifies), ``per_class`` and
+    ``skipped`` (classes with a single target value).
+    """
+    per_class, skipped = {}, []
+    for c, name in enumerate(class_names):
+        if 0 < targets[:, c].sum() < len(targets):
+            per_class[name] = float(roc_auc_score(targets[:, c], scores[:, c]))
+        else:
+            skipped.append(name)
+    auc = float(np.mean(list(per_class.values()))) if per_class else float("nan")
+    return {"auc": auc, "per_class": per_class, "skipped": skipped}
+
+
+@torch.no_grad()
+def zero_shot_auc(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    loader: Iterable[tuple[torch.Tensor, list[list[str]]]],
+    class_names: Sequence[str] | None = None,
+    templates: Sequence[str] = ECG_TEMPLATES,
+    device: str | torch.device = "cpu",
+    autocast: Callable[[], Any] = nullcontext,
+    input_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Zero-shot macro AUC of ``model`` on labelled ECGs.
+
+    ``loader`` yields ``(ecgs [B, leads, L] already transformed, labels)`` with one list of class names per
+    sample. ``class_names`` defaults to the sorted union of the labels seen. Scores are cosine similarities
+    between the ECG embedding and each class's prompt embedding (open_clip's ``build_zero_shot_classifier``
+    over ``templates``); a shared sigmoid scale and bias would not change the AUC. Returns ``auc`` (macro over
+    classes present with both outcomes), ``per_class``, ``skipped``, ``n_samples``, ``class_names``.
+    """
+    was_training = model.training
+    model.eval()
+    feats, labels = [], []
+    try:
+        with autocast():
+            for ecg, batch_labels in loader:
+                ecg = ecg.to(device=device, dtype=input_dtype or torch.float32)
+                feats.append(model.encode_image(ecg, normalize=True).float().cpu())
+                labels.extend(list(lab) for lab in batch_labels)
+        if not labels:
+            raise ValueError("zero-shot set is empty")
+        names = sorted({c for lab in labels for c in lab}) if class_names is None else list(class_names)
+        if not names:
+            raise ValueError("zero-shot set has no class labels")
+        with autocast():
+            classifier = build_zero_shot_classifier(model, tokenizer=tokenizer, classnames=names,
+                                                    templates=list(templates), num_classes_per_batch=10,
+                                                    device=device)
+    finally:
+        model.train(was_training)
+    scores = (torch.cat(feats) @ classifier.float().cpu()).numpy()
+    index = {n: i for i, n in enumerate(names)}
+    targets = np.zeros((len(labels), len(names)), dtype=np.int64)
+    for row, lab in enumerate(labels):
+        for c in lab:
+            if c in index:
+                targets[row, index[c]] = 1
+    out = macro_auc(scores, targets, names)
+    out.update(n_samples=len(labels), class_names=names)
+    return out
+
+
+@dataclass
+class ZeroShotData:
+    """The labelled zero-shot set as it sits in open_clip's ``data`` dict."""
+
+    dataloader: Iterable
+    class_names: list[str] | None = None
+    templates: Sequence[str] = ECG_TEMPLATES
+
+
+def get_zero_shot_data(urls: str, preprocess: Callable, label_key: str, batch_size: int = 64,
+                       class_names: Sequence[str] | None = None, workers: int = 0) -> ZeroShotData:
+    """Loader of ``(ecg batch, labels)`` over labelled shards ``urls`` with labels from ``labels[label_key]``."""
+    from .data import get_ecg_labelled_loader
+
+    loader = get_ecg_labelled_loader(urls, preprocess, batch_size, partial(labels_from_meta, key=label_key),
+                                     workers=workers)
+    return ZeroShotData(loader, list(class_names) if class_names else None)
+
+
+def ecg_zero_shot_eval(model, data: dict, epoch: int, args, tokenizer: Callable | None = None) -> dict[str, float]:
+    """Drop-in for ``open_clip_train.train.zero_shot_eval``: ECG zero-shot AUC on ``data["ecg-zeroshot"]``.
+
+    Runs when open_clip would run its ImageNet zero-shot (every ``--zeroshot-frequency`` epochs and at the
+    last epoch) and returns ``{"ecg-zeroshot-auc", "ecg-zeroshot-classes"}`` for open_clip's eval metrics.
+    """
+    if DATA_KEY not in data or not args.zeroshot_frequency:
+        return {}
+    if epoch % args.zeroshot_frequency != 0 and epoch != args.epochs:
+        return {}
+    from open_clip import get_input_dtype, get_tokenizer
+    from open_clip_train.precision import get_autocast
+
+    model = model.module if hasattr(model, "module") else model
+    tokenizer = tokenizer or get_tokenizer(args.model)
+    device = torch.device(args.device)
+    zs = data[DATA_KEY]
+    result = zero_shot_auc(model, tokenizer, zs.dataloader, class_names=zs.class_names, templates=zs.templates,
+                           device=device, autocast=get_autocast(args.precision, device_type=device.type),
+                           input_dtype=get_input_dtype(args.precision))
+    log.info("ECG zero-shot (epoch %d, %d samples): macro AUC %.4f; per class %s; skipped (one outcome) %s",
+             epoch, result["n_samples"], result["auc"],
+             {k: round(v, 4) for k, v in result["per_class"].items()}, result["skipped"])
+    return {"ecg-zeroshot-auc": result["auc"], "ecg-zeroshot-classes": float(len(result["per_class"]))}

@@ -1,0 +1,133 @@
+"""Training entry point: open_clip_train's loop with the plugin's hooks (in-process, one CPU process)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import open_clip_train.main as oc_main
+import open_clip_train.train as oc_train
+import pytest
+import torch
+
+from fgclep_plugin.hooks import register, training_hooks
+from fgclep_plugin.reader import iter_samples
+from fgclep_plugin.train import main, split_argv
+
+ROOT = Path(__file__).resolve().parents[1]
+LUDB_TRAIN = str(ROOT / "shards" / "ludb" / "ludb-train-{000000..000002}.tar")
+LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_plugin_flags_are_split_off_and_defaults_match_the_loss():
+    plugin, rest = split_argv(["--model", "FGCLEP-Tiny", "--fnm-lambda", "0.25", "--no-fnm-detach",
+                               "--ecg-zeroshot-data", "x.tar", "--batch-size", "4", "--init-logit-bias", "-5"])
+    assert rest == ["--model", "FGCLEP-Tiny", "--batch-size", "4"]
+    assert (plugin.fnm_lambda, plugin.fnm_detach, plugin.fnm_global) == (0.25, False, True)
+    assert plugin.init_logit_bias == -5 and plugin.ecg_zeroshot_data == "x.tar"
+    defaults, _ = split_argv([])
+    assert (defaults.fnm_lambda, defaults.fnm_detach, defaults.fnm_global) == (0.5, True, True)
+
+
+def test_hooks_are_installed_only_inside_the_context():
+    register()
+    before = (oc_main.get_data, oc_main.create_loss, oc_train.zero_shot_eval,
+              torch.nn.parallel.DistributedDataParallel)
+    plugin, _ = split_argv([])
+    with training_hooks(plugin):
+        assert oc_main.get_data is not before[0] and oc_train.zero_shot_eval is not before[2]
+        assert issubclass(torch.nn.parallel.DistributedDataParallel, before[3])
+    assert (oc_main.get_data, oc_main.create_loss, oc_train.zero_shot_eval,
+            torch.nn.parallel.DistributedDataParallel) == before
+
+
+def test_cpu_module_can_be_wrapped_in_ddp_the_way_open_clip_does(tmp_path):
+    """open_clip passes device_ids=[cpu device]; plain DDP refuses that, the hooked class accepts it."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        plain = torch.nn.parallel.DistributedDataParallel
+        with pytest.raises(ValueError, match="device_ids"):
+            plain(torch.nn.Linear(2, 2), device_ids=[torch.device("cpu")])
+        with training_hooks(split_argv([])[0]):
+            ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2), device_ids=[torch.device("cpu")])
+        assert ddp(torch.ones(1, 2)).shape == (1, 2)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def train_argv(logs: Path, *extra: str) -> list[str]:
+    return ["--model", "FGCLEP-Tiny", "--train-data", LUDB_TRAIN, "--train-num-samples", "24",
+            "--batch-size", "8", "--workers", "0", "--lr", "1e-3", "--warmup", "1", "--device", "cpu",
+            "--precision", "fp32", "--logs", str(logs), "--name", "run", "--seed", "0",
+            "--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-label-key", "Rhythms", "--zeroshot-frequency", "1",
+            "--init-logit-bias", "-4", *extra]
+
+
+def embed(model, ecgs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    with torch.no_grad():
+        return model.encode_image(ecgs), model.encode_text(tokens)
+
+
+def test_train_checkpoint_reload_and_resume_latest(tmp_path):
+    """FGCLEP-Tiny on LUDB through open_clip_train: checkpoint -> pretrained= reload -> --resume latest."""
+    assert main(train_argv(tmp_path, "--epochs", "1")) is None
+    ckpt_dir = tmp_path / "run" / "checkpoints"
+    ckpt = torch.load(ckpt_dir / "epoch_1.pt", map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert ckpt["state_dict"]["logit_bias"].item() != -4.0  # trained from the --init-logit-bias value
+    assert abs(ckpt["state_dict"]["logit_bias"].item() + 4.0) < 0.1
+    params = (tmp_path / "run" / "params.txt").read_text()
+    assert "fnm_lambda: 0.5" in params and "ecg_zeroshot_label_key: Rhythms" in params
+    metrics = [json.loads(line) for line in (ckpt_dir / "results.jsonl").read_text().splitlines()]
+    assert 0.0 <= metrics[-1]["ecg-zeroshot-auc"] <= 1.0 and metrics[-1]["ecg-zeroshot-classes"] >= 2
+
+    # reload through open_clip's own factory: same embeddings as the saved state dict
+    model, _, preprocess = open_clip.create_model_and_transforms("FGCLEP-Tiny", pretrained=str(ckpt_dir / "epoch_1.pt"))
+    reference = open_clip.create_model("FGCLEP-Tiny")
+    reference.load_state_dict(ckpt["state_dict"])
+    samples = [s for _, s in zip(range(4), iter_samples(LUDB_TEST))]
+    ecgs = torch.stack([preprocess(s["ecg"]) for s in samples])
+    tokens = open_clip.get_tokenizer("FGCLEP-Tiny")([s["text"] for s in samples])
+    (img_a, txt_a), (img_b, txt_b) = embed(model, ecgs, tokens), embed(reference, ecgs, tokens)
+    assert torch.equal(img_a, img_b) and torch.equal(txt_a, txt_b)
+    fresh = open_clip.create_model("FGCLEP-Tiny")
+    assert not torch.allclose(embed(fresh, ecgs, tokens)[0], img_a)  # the trained weights were used
+
+    # --resume latest continues at epoch 1 and writes epoch 2
+    assert main(train_argv(tmp_path, "--epochs", "2", "--resume", "latest")) is None
+    log = (tmp_path / "run" / "out.log").read_text()
+    after_resume = log.split("=> resuming checkpoint")[-1]
+    assert after_resume.split("\n")[0].endswith("epoch_1.pt' (epoch 1)")
+    assert "Start epoch 1" in after_resume and "Start epoch 0" not in after_resume
+    ckpt2 = torch.load(ckpt_dir / "epoch_2.pt", map_location="cpu", weights_only=True)
+    assert ckpt2["epoch"] == 2
+    assert any(not torch.equal(ckpt2["state_dict"][k], v) for k, v in ckpt["state_dict"].items())
+
+
+def test_val_data_gives_open_clip_val_metrics(tmp_path):
+    assert main(train_argv(tmp_path, "--epochs", "1", "--val-data", LUDB_TEST, "--train-num-samples", "8")) is None
+    metrics = json.loads((tmp_path / "run" / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
+    assert metrics["num_samples"] == 50 and np.isfinite(metrics["clip_val_loss"])
+    assert "ecg-zeroshot-auc" in metrics
+
+
+def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
+    log_base = tmp_path / "losses"
+    assert main(train_argv(tmp_path, "--epochs", "1", "--loss-log", str(log_base), "--fnm-lambda", "0.25")) is None
+    rows = [json.loads(line) for line in Path(f"{log_base}-rank0.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert all(set(r) == {"step", "contrastive_loss", "fnm_loss"} and r["fnm_loss"] > 0 for r in rows)
+    out_log = (tmp_path / "run" / "out.log").read_text()
+    assert f"Contrastive_loss: {rows[0]['contrastive_loss']:#.5g}" in out_log
+    assert os.path.exists(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
