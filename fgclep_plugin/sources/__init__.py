@@ -43,7 +43,7 @@ def make_source(name: str, root: str | Path, **options: Any) -> Source:
         raise ValueError(f"unknown source {name!r}; choose one of {', '.join(sorted(SOURCES))}")
     cls = SOURCES[name]
     if cls is ChallengeSource:
-        options = {**ALIAS_DEFAULTS.get(name, {}), "name": name, **options}
+        options = {**ALIAS_DEFAULTS.get(name, {}), "dataset": name, **options}
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "root"}
     unknown = sorted(set(options) - accepted)
     if unknown:

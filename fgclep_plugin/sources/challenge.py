@@ -49,16 +49,17 @@ class ChallengeSource(Source):
     Options: ``require_report`` (default true; false keeps records without ``Dx`` codes with an empty report,
     e.g. CODE-15), ``expected_fs`` (comma-separated rates; records at other rates are rejected as
     ``unexpected-fs``; default any; ``code15`` defaults to 400), ``snomed_table`` (CSV with ``code,name``;
-    default the packaged table), ``min_words`` (default 1).
+    default the packaged table), ``min_words`` (default 1), ``dataset`` (name in the metadata; default the
+    source name used, e.g. ``cpsc2018``).
     """
 
     name = "challenge"
 
-    def __init__(self, root: str | Path, name: str = "challenge", require_report: bool | str = True,
+    def __init__(self, root: str | Path, dataset: str = "challenge", require_report: bool | str = True,
                  expected_fs: str | float | None = None, snomed_table: str | None = None,
                  min_words: int | str = 1):
         super().__init__(root)
-        self.name = name
+        self.name = dataset
         self.require_report = as_bool(require_report)
         self.expected_fs = as_floats(expected_fs) if expected_fs not in (None, "") else ()
         self.snomed_table = str(snomed_table) if snomed_table else None

@@ -24,16 +24,17 @@ class GenericSource(Source):
     Options: ``reports`` (CSV path, relative to the root or absolute; default ``reports.csv``),
     ``record_column`` (default ``record``), ``report_column`` (default ``report``), ``patient_column`` (default
     ``patient_id``, optional in the CSV), ``label_columns`` (comma-separated; default every other column),
-    ``min_words`` (default 1), ``name`` (dataset name in the metadata, default ``generic``).
+    ``min_words`` (default 1), ``dataset`` (dataset name in the metadata, default ``generic``).
     """
 
     name = "generic"
 
     def __init__(self, root: str | Path, reports: str = "reports.csv", record_column: str = "record",
                  report_column: str = "report", patient_column: str = "patient_id",
-                 label_columns: str | list[str] | None = None, min_words: int | str = 1, name: str = "generic"):
+                 label_columns: str | list[str] | None = None, min_words: int | str = 1,
+                 dataset: str = "generic"):
         super().__init__(root)
-        self.name = name
+        self.name = dataset
         path = Path(reports)
         self.reports = path if path.is_absolute() else self.root / path
         if not self.reports.exists():
