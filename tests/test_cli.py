@@ -115,3 +115,32 @@ def test_readable_errors(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "has no option(s) colour" in r.stderr
+
+
+def test_wheel_carries_model_configs_and_label_table(tmp_path):
+    import zipfile
+
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(ROOT),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("fgclep_plugin-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {p.name for p in (ROOT / "model_configs").glob("*.json")}
+    assert configs and {f"fgclep_plugin/model_configs/{c}" for c in configs} <= names
+    assert "fgclep_plugin/sources/snomed_names.csv" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
