@@ -178,3 +178,20 @@ def test_mimic_source_pickles(mimic_root):
     clone = pickle.loads(pickle.dumps(src))
     assert not hasattr(clone, "_cache_measurements")
     np.testing.assert_array_equal(clone.load(item).signal, first.signal)
+
+
+def test_mimic_tree_to_shards_with_workers(mimic_root, tmp_path):
+    from fgclep_plugin.reader import iter_samples
+    from fgclep_plugin.shards import write_shards
+
+    src = make_source("mimic", mimic_root)
+    summary = write_shards(src, str(tmp_path / "mimic-%06d.tar"), maxcount=4, workers=2, progress=False, log=None)
+    assert summary["written"] == 3
+    assert summary["rejected"] == {"missing-file": 1, "report-empty": 1, "report-too-short": 1,
+                                   "report-uninformative": 2}
+    samples = {s["meta"]["record_id"]: s for s in iter_samples(summary["urls"])}
+    assert sorted(samples) == ["40689238", "40689239", "41000006"]
+    y, _ = canonicalize(ludb("2"))
+    np.testing.assert_array_equal(samples["40689239"]["ecg"], y)
+    assert samples["40689239"]["text"] == "Sinus bradycardia. Left axis deviation."
+    assert samples["40689239"]["meta"]["patient_id"] == "10000032"
