@@ -1,0 +1,122 @@
+"""ECG zero-shot AUC (fgclep_plugin.zeroshot)."""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from fgclep_plugin.hooks import register
+from fgclep_plugin.zeroshot import (
+    DATA_KEY,
+    ECG_TEMPLATES,
+    ZeroShotData,
+    ecg_zero_shot_eval,
+    get_zero_shot_data,
+    labels_from_meta,
+    macro_auc,
+    zero_shot_auc,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
+
+
+def test_labels_from_meta_forms_and_errors():
+    meta = {"record_id": "r7", "labels": {"dx": ["AF", "LBBB"], "rhythm": "Sinus rhythm", "flags": {"MI": 1, "NORM": 0},
+                                          "empty": [], "bad": 3}}
+    assert labels_from_meta(meta, "dx") == ["AF", "LBBB"]
+    assert labels_from_meta(meta, "rhythm") == ["Sinus rhythm"]
+    assert labels_from_meta(meta, "flags") == ["MI"]
+    assert labels_from_meta(meta, "empty") == [] and labels_from_meta(meta, "missing") == []
+    with pytest.raises(ValueError, match="record r7: labels\\['bad'\\] is int"):
+        labels_from_meta(meta, "bad")
+
+
+def test_macro_auc_skips_classes_with_one_outcome():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5], [0.7, 0.3, 0.5], [0.1, 0.4, 0.5]])
+    targets = np.array([[1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1]])
+    out = macro_auc(scores, targets, ["a", "b", "c"])
+    assert out["skipped"] == ["c"]
+    assert out["per_class"]["a"] == 1.0
+    assert out["per_class"]["b"] == pytest.approx(roc_auc_score(targets[:, 1], scores[:, 1]))
+    assert out["auc"] == pytest.approx((1.0 + out["per_class"]["b"]) / 2)
+
+
+class OracleModel(torch.nn.Module):
+    """ECG embedding = its first sample value as a one-hot over 3 classes; text embedding = the class named."""
+
+    names = ("alpha", "beta", "gamma")
+
+    def encode_image(self, x, normalize=False):
+        return F.one_hot(x[:, 0, 0].long(), 3).float()
+
+    def encode_text(self, tokens, normalize=False):
+        return F.one_hot(tokens[:, 0], 3).float() + 0.01
+
+
+def oracle_tokenizer(texts):
+    return torch.tensor([[next(i for i, n in enumerate(OracleModel.names) if n in t)] for t in texts])
+
+
+def test_zero_shot_auc_is_perfect_for_an_oracle_and_chance_for_shuffled_labels():
+    ecgs = torch.zeros(30, 12, 10)
+    cls = torch.arange(30) % 3
+    ecgs[:, 0, 0] = cls.float()
+    labels = [[OracleModel.names[c]] for c in cls]
+    loader = [(ecgs[:15], labels[:15]), (ecgs[15:], labels[15:])]
+    out = zero_shot_auc(OracleModel(), oracle_tokenizer, loader)
+    assert out["class_names"] == list(OracleModel.names) and out["n_samples"] == 30
+    assert out["auc"] == 1.0
+    wrong = [[OracleModel.names[(c + 1) % 3]] for c in cls]  # every label off by one class
+    assert zero_shot_auc(OracleModel(), oracle_tokenizer, [(ecgs, wrong)])["auc"] < 0.5
+
+
+def test_zero_shot_auc_matches_an_independent_computation_on_ludb():
+    register()
+    model, _, preprocess = open_clip.create_model_and_transforms("FGCLEP-Tiny")
+    tokenizer = open_clip.get_tokenizer("FGCLEP-Tiny")
+    zs = get_zero_shot_data(LUDB_TEST, preprocess, "Rhythms", batch_size=16)
+    out = zero_shot_auc(model, tokenizer, zs.dataloader, templates=ECG_TEMPLATES)
+
+    batches = list(zs.dataloader)
+    ecgs = torch.cat([b[0] for b in batches])
+    labels = [lab for b in batches for lab in b[1]]
+    assert len(labels) == 50 == out["n_samples"]
+    names = sorted({c for lab in labels for c in lab})
+    assert out["class_names"] == names and "Sinus rhythm" in names
+    model.eval()
+    with torch.no_grad():
+        e = F.normalize(model.encode_image(ecgs), dim=-1)
+        class_emb = []
+        for n in names:
+            t = F.normalize(model.encode_text(tokenizer([tpl.format(n) for tpl in ECG_TEMPLATES])), dim=-1).mean(0)
+            class_emb.append(F.normalize(t, dim=0))
+        scores = (e @ torch.stack(class_emb).T).numpy()
+    aucs = []
+    for c, n in enumerate(names):
+        y = np.array([n in lab for lab in labels], dtype=int)
+        if 0 < y.sum() < len(y):
+            aucs.append(roc_auc_score(y, scores[:, c]))
+            assert out["per_class"][n] == pytest.approx(aucs[-1], abs=1e-6)
+    assert out["auc"] == pytest.approx(np.mean(aucs), abs=1e-6)
+
+
+def test_training_hook_runs_on_open_clip_schedule():
+    ecgs = torch.zeros(6, 12, 10)
+    ecgs[:, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2]).float()
+    labels = [[OracleModel.names[int(v)]] for v in ecgs[:, 0, 0]]
+    data = {DATA_KEY: ZeroShotData([(ecgs, labels)])}
+    args = Namespace(zeroshot_frequency=2, epochs=5, model="unused", device="cpu", precision="fp32",
+                     distributed=False)
+    assert ecg_zero_shot_eval(OracleModel(), data, 1, args, tokenizer=oracle_tokenizer) == {}
+    assert ecg_zero_shot_eval(OracleModel(), data, 2, args, tokenizer=oracle_tokenizer) == {
+        "ecg-zeroshot-auc": 1.0, "ecg-zeroshot-classes": 3.0}
+    assert ecg_zero_shot_eval(OracleModel(), data, 5, args, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"] == 1.0
+    assert ecg_zero_shot_eval(OracleModel(), {}, 2, args, tokenizer=oracle_tokenizer) == {}
