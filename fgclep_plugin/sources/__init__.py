@@ -59,6 +59,9 @@ def source_options_help(name: str | None = None) -> str:
     lines = []
     for key, cls in SOURCES.items():
         first = inspect.cleandoc(cls.__doc__ or "").splitlines()[0] if cls.__doc__ else ""
+        if cls is ChallengeSource and key != "challenge":
+            defaults = ", ".join(f"{k}={v}" for k, v in ALIAS_DEFAULTS.get(key, {}).items())
+            first = f"the 'challenge' reader with dataset={key}" + (f", {defaults}" if defaults else "")
         lines.append(f"{key}: {first}")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from pathlib import Path
 
 from ..records import EcgRecord, RejectError
@@ -133,10 +134,17 @@ class MimicSource(Source):
                     out.append((subject, study, path))
         return sorted(out, key=lambda t: t[2])
 
-    def _measurements(self) -> dict[str, dict[str, str]]:
+    def _measurements(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+        """study_id -> (cleaned report statements, values of MEASUREMENT_COLUMNS); compact: ~800 k rows."""
         if getattr(self, "_cache_measurements", None) is None:
+            table = {}
             with open(self.root / "machine_measurements.csv", newline="", encoding="utf-8") as f:
-                self._cache_measurements = {r["study_id"].strip(): r for r in csv.DictReader(f)}
+                for r in csv.DictReader(f):
+                    table[r["study_id"].strip()] = (  # interned: machine statements repeat across studies
+                        tuple(sys.intern(x) for x in report_statements(r)),
+                        tuple(sys.intern(r.get(k) or "") for k in MEASUREMENT_COLUMNS),
+                    )
+            self._cache_measurements = table
         return self._cache_measurements
 
     def load(self, item: tuple[str, str, str]) -> EcgRecord:
@@ -146,14 +154,14 @@ class MimicSource(Source):
         row = self._measurements().get(study)
         if row is None:
             raise RejectError("report-missing", f"{where}: study {study} not in machine_measurements.csv")
+        statements, measurements = row
         patterns = [re.compile(p, re.IGNORECASE) for p in self.patterns]
-        report, dropped = filter_report(report_statements(row), patterns, self.min_words, where,
-                                        self.drop_uninformative)
+        report, dropped = filter_report(list(statements), patterns, self.min_words, where, self.drop_uninformative)
         data = read_wfdb(path, physical=True)
         meta: dict = {"file": f"{rel}.hea", "study_id": study, "split": self.split_of(subject)}
         if dropped:
             meta["report_dropped"] = dropped
-        meta["machine_measurements"] = {k: row[k] for k in MEASUREMENT_COLUMNS if row.get(k) not in (None, "")}
+        meta["machine_measurements"] = {k: v for k, v in zip(MEASUREMENT_COLUMNS, measurements) if v}
         return EcgRecord(
             source=self.name,
             record_id=study,
