@@ -18,8 +18,15 @@ from fgclep_plugin.sources import make_source
 from fgclep_plugin.sources.wfdb_io import read_wfdb
 
 LIMB = {"I", "II", "III", "aVR", "aVL", "aVF"}
-CASES = [("ludb", "ludb", {}), ("georgia", "cinc2021", {}), ("cpsc2018", "cpsc2018", {}), ("chapman", "chapman", {}),
-         ("ptbxl", "ptbxl", {"rate": 100}), ("ptbdb", "ptbdb", {}), ("code15", "code15", {})]
+CASES = [
+    ("ludb", "ludb", {}),
+    ("georgia", "cinc2021", {}),
+    ("cpsc2018", "cpsc2018", {}),
+    ("chapman", "chapman", {}),
+    ("ptbxl", "ptbxl", {"rate": 100}),
+    ("ptbdb", "ptbdb", {}),
+    ("code15", "code15", {}),
+]
 
 
 def _converted(name: str, folder: str, options: dict, limit: int | None = None):
@@ -36,13 +43,17 @@ def _converted(name: str, folder: str, options: dict, limit: int | None = None):
         base = DATA / folder / ("data" if name == "ludb" else "") / rec.meta["file"]
         stored = read_wfdb(str(base)[: -len(".hea")], physical=False)
         limb = [i for i, n in enumerate(stored.lead_names) if canonical_lead_name(n) in LIMB]
-        gain = rec.meta.get("adc_gain_correction", {}).get("gain_used") or min(stored.adc_gain[i] for i in limb)
+        gain = rec.meta.get("adc_gain_correction", {}).get("gain_used") or min(
+            stored.adc_gain[i] for i in limb
+        )
         step = device_step(stored.signal[limb].astype(np.float64))
         out.append((rec, x, (step + 1) / gain))  # two roundings: device resolution, then the file's unit
     return out
 
 
-@pytest.mark.parametrize("name, folder, options", [c for c in CASES if c[0] != "code15"], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "name, folder, options", [c for c in CASES if c[0] != "code15"], ids=lambda v: str(v)
+)
 def test_einthoven_holds_on_every_converted_record(name, folder, options):
     converted = _converted(name, folder, options)
     assert converted
@@ -87,8 +98,9 @@ def test_ludb_header_gains_break_einthoven_and_the_correction_restores_it():
         raw = raw_src.load(item)  # per-lead header gains, as wfdb's physical conversion gives
         assert "adc_gain_correction" not in raw.meta
         header = wfdb.rdheader(str(DATA / "ludb" / "data" / item))
-        np.testing.assert_allclose(raw.signal, wfdb.rdrecord(str(DATA / "ludb" / "data" / item)).p_signal.T,
-                                   atol=1e-9)
+        np.testing.assert_allclose(
+            raw.signal, wfdb.rdrecord(str(DATA / "ludb" / "data" / item)).p_signal.T, atol=1e-9
+        )
         x, _ = canonicalize(raw)
         step_mv = 2.0 / min(header.adc_gain)  # the most generous bound the header allows
         assert max(einthoven_excess(x, step_mv, 500.0).values()) > 10, item

@@ -21,8 +21,16 @@ MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V
 
 # study_id -> (subject_id, LUDB record whose signal it carries or None for no waveform, report_0.. cells)
 STUDIES = {
-    "40689238": ("10000032", "1", ["Sinus rhythm", "Possible right atrial abnormality", "", "Borderline ECG"]),
-    "40689239": ("10000032", "2", ["Sinus bradycardia", "--- Suspect arm lead reversal", "Left axis deviation"]),
+    "40689238": (
+        "10000032",
+        "1",
+        ["Sinus rhythm", "Possible right atrial abnormality", "", "Borderline ECG"],
+    ),
+    "40689239": (
+        "10000032",
+        "2",
+        ["Sinus bradycardia", "--- Suspect arm lead reversal", "Left axis deviation"],
+    ),
     "41000001": ("10000033", "3", ["", "", ""]),
     "41000002": ("10000034", "4", ["--- Suspect arm lead reversal"]),
     "41000003": ("10000035", "5", ["*** unreliable interpretation ***", "Age not entered, assumed to be 50"]),
@@ -65,10 +73,21 @@ def mimic_root(tmp_path_factory) -> Path:
             sig[NAN_SPAN[0] : NAN_SPAN[1], 0] = np.nan
         out = root / rel
         out.parent.mkdir(parents=True)
-        wfdb.wrsamp(study, fs=500, units=["mV"] * 12, sig_name=MIMIC_ORDER, p_signal=sig, fmt=["16"] * 12,
-                    adc_gain=[1000.0] * 12, baseline=[0] * 12, write_dir=str(out.parent))
-    for name, cols, rows in (("record_list.csv", rl_cols, rl_rows[::-1]), ("machine_measurements.csv", mm_cols,
-                                                                            mm_rows)):
+        wfdb.wrsamp(
+            study,
+            fs=500,
+            units=["mV"] * 12,
+            sig_name=MIMIC_ORDER,
+            p_signal=sig,
+            fmt=["16"] * 12,
+            adc_gain=[1000.0] * 12,
+            baseline=[0] * 12,
+            write_dir=str(out.parent),
+        )
+    for name, cols, rows in (
+        ("record_list.csv", rl_cols, rl_rows[::-1]),
+        ("machine_measurements.csv", mm_cols, mm_rows),
+    ):
         with open(root / name, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
@@ -97,7 +116,10 @@ def test_leads_restored_to_canonical_order(mimic_root):
 def test_report_assembled_from_report_columns(mimic_root):
     src = make_source("mimic", mimic_root)
     items = _by_study(src)
-    assert src.load(items["40689238"]).report == "Sinus rhythm. Possible right atrial abnormality. Borderline ECG."
+    assert (
+        src.load(items["40689238"]).report
+        == "Sinus rhythm. Possible right atrial abnormality. Borderline ECG."
+    )
     rec = src.load(items["40689239"])
     assert rec.report == "Sinus bradycardia. Left axis deviation."
     assert rec.meta["report_dropped"] == ["Suspect arm lead reversal"]
@@ -107,8 +129,13 @@ def test_report_assembled_from_report_columns(mimic_root):
 
 @pytest.mark.parametrize(
     "study, reason",
-    [("41000001", "report-empty"), ("41000002", "report-uninformative"), ("41000003", "report-uninformative"),
-     ("41000004", "report-too-short"), ("41000005", "missing-file")],
+    [
+        ("41000001", "report-empty"),
+        ("41000002", "report-uninformative"),
+        ("41000003", "report-uninformative"),
+        ("41000004", "report-too-short"),
+        ("41000005", "missing-file"),
+    ],
 )
 def test_filters_reject_with_reason_naming_the_file(mimic_root, study, reason):
     src = make_source("mimic", mimic_root)
@@ -160,15 +187,20 @@ def test_source_split_keeps_studies_of_a_subject_together(mimic_root):
     parts = {}
     for seed in ("a", "b", "c", "d", "e"):
         for name in ("train", "val", "test"):
-            parts[name] = make_source("mimic", mimic_root, split=name, split_fractions="0.5,0.25,0.25",
-                                      split_seed=seed).items()
-        assert sorted(it for its in parts.values() for it in its) == sorted(all_items)  # a partition: nothing lost or duplicated
+            parts[name] = make_source(
+                "mimic", mimic_root, split=name, split_fractions="0.5,0.25,0.25", split_seed=seed
+            ).items()
+        assert sorted(it for its in parts.values() for it in its) == sorted(
+            all_items
+        )  # a partition: nothing lost or duplicated
         for name, items in parts.items():
             subjects = {it[0] for it in items}
             for subject in subjects:
                 assert all(it[0] != subject for other, its in parts.items() if other != name for it in its)
             assert all(patient_split(it[0], (0.5, 0.25, 0.25), seed) == name for it in items)
-    assert all_items == sorted(all_items, key=lambda t: t[2])  # deterministic, by path, whatever the CSV order
+    assert all_items == sorted(
+        all_items, key=lambda t: t[2]
+    )  # deterministic, by path, whatever the CSV order
 
 
 def test_mimic_source_pickles(mimic_root):
@@ -185,10 +217,16 @@ def test_mimic_tree_to_shards_with_workers(mimic_root, tmp_path):
     from fgclep_plugin.shards import write_shards
 
     src = make_source("mimic", mimic_root)
-    summary = write_shards(src, str(tmp_path / "mimic-%06d.tar"), maxcount=4, workers=2, progress=False, log=None)
+    summary = write_shards(
+        src, str(tmp_path / "mimic-%06d.tar"), maxcount=4, workers=2, progress=False, log=None
+    )
     assert summary["written"] == 3
-    assert summary["rejected"] == {"missing-file": 1, "report-empty": 1, "report-too-short": 1,
-                                   "report-uninformative": 2}
+    assert summary["rejected"] == {
+        "missing-file": 1,
+        "report-empty": 1,
+        "report-too-short": 1,
+        "report-uninformative": 2,
+    }
     samples = {s["meta"]["record_id"]: s for s in iter_samples(summary["urls"])}
     assert sorted(samples) == ["40689238", "40689239", "41000006"]
     y, _ = canonicalize(ludb("2"))

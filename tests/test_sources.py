@@ -20,9 +20,15 @@ from fgclep_plugin.sources.challenge import ChallengeSource
 from fgclep_plugin.sources.ptbxl import parse_scp_codes
 from fgclep_plugin.sources.snomed import PACKAGED_TABLE, build_table, load_names
 
-FOLDERS = [("ludb", "ludb", {}), ("georgia", "cinc2021", {}), ("cpsc2018", "cpsc2018", {}),
-           ("chapman", "chapman", {}), ("ptbxl", "ptbxl", {"rate": 100}), ("code15", "code15", {}),
-           ("ptbdb", "ptbdb", {})]
+FOLDERS = [
+    ("ludb", "ludb", {}),
+    ("georgia", "cinc2021", {}),
+    ("cpsc2018", "cpsc2018", {}),
+    ("chapman", "chapman", {}),
+    ("ptbxl", "ptbxl", {"rate": 100}),
+    ("code15", "code15", {}),
+    ("ptbdb", "ptbdb", {}),
+]
 
 
 def convert_all(name: str, folder: str, options: dict) -> tuple[collections.Counter, list]:
@@ -68,14 +74,20 @@ def test_outcomes_per_folder(outcomes):
         assert got[folder] == {"converted": n}, (folder, got[folder])
     assert got["ptbxl"]["converted"] == 1 and set(got["ptbxl"]) == {"converted", "missing-file"}
     # CODE-15: 7.3 s records are below the canonical 8 s minimum; the two artificial cases are not 400 Hz.
-    assert got["code15"]["unexpected-fs"] == 2 and set(got["code15"]) <= {"converted", "too-short", "unexpected-fs"}
+    assert got["code15"]["unexpected-fs"] == 2 and set(got["code15"]) <= {
+        "converted",
+        "too-short",
+        "unexpected-fs",
+    }
 
 
 def test_code15_artificial_cases_are_rejected_with_clear_reasons():
     root = DATA / "code15"
     src = make_source("code15", root)
-    for item, fs in (("_artificial_test_cases/9190_low_sample_rate", "300"),
-                     ("_artificial_test_cases/9190_all_data_is_zero", "800")):
+    for item, fs in (
+        ("_artificial_test_cases/9190_low_sample_rate", "300"),
+        ("_artificial_test_cases/9190_all_data_is_zero", "800"),
+    ):
         with pytest.raises(RejectError, match=f"sampling rate {fs} Hz, expected 400 Hz") as err:
             src.load(item)
         assert err.value.reason == "unexpected-fs" and f"{item}.hea" in str(err.value)
@@ -108,7 +120,9 @@ def test_georgia_header_quirk_is_read_without_touching_the_file():
     rec = make_source("georgia", DATA / "cinc2021").load("E00666")
     assert hea.read_bytes() == before
     assert "E00666.mat" in rec.meta["header_fix"]
-    stored = scipy.io.loadmat(str(DATA / "cinc2021" / "E00666.mat"))["val"]  # digital, gain 1000/mV, baseline 0
+    stored = scipy.io.loadmat(str(DATA / "cinc2021" / "E00666.mat"))[
+        "val"
+    ]  # digital, gain 1000/mV, baseline 0
     np.testing.assert_allclose(rec.signal * 1000.0, stored, atol=1e-9)
 
 
@@ -116,7 +130,9 @@ def test_challenge_reports_from_snomed_names():
     with open(DATA / "label_maps" / "challenge2021_dx_mapping_scored.csv", newline="") as f:
         scored = {r["SNOMEDCTCode"]: r["Dx"] for r in csv.DictReader(f)}
     header = (DATA / "chapman" / "WFDBRecords/01/010/JS00001.hea").read_text()
-    codes = next(line.split(":", 1)[1].strip().split(",") for line in header.splitlines() if line.startswith("#Dx"))
+    codes = next(
+        line.split(":", 1)[1].strip().split(",") for line in header.splitlines() if line.startswith("#Dx")
+    )
     rec = make_source("chapman", DATA / "chapman").load("WFDBRecords/01/010/JS00001")
     expected = " ".join(scored[c][0].upper() + scored[c][1:] + "." for c in codes)
     assert rec.report == expected and rec.labels["snomed"] == codes
@@ -179,10 +195,15 @@ def test_scp_codes_are_literals_never_code():
 
 def test_ludb_report_and_labels():
     rec = make_source("ludb", DATA / "ludb").load("1")
-    assert rec.report.startswith("Rhythm: Sinus bradycardia. Electric axis of the heart: left axis deviation.")
+    assert rec.report.startswith(
+        "Rhythm: Sinus bradycardia. Electric axis of the heart: left axis deviation."
+    )
     assert "Left ventricular hypertrophy." in rec.report
     assert rec.labels["Rhythms"] == ["Sinus bradycardia"]
-    assert sorted(rec.labels["Hypertrophies"]) == ["Left ventricular hypertrophy", "Left ventricular overload"]
+    assert sorted(rec.labels["Hypertrophies"]) == [
+        "Left ventricular hypertrophy",
+        "Left ventricular overload",
+    ]
     assert rec.lead_names[:6] == ["i", "ii", "iii", "avr", "avl", "avf"] and rec.fs == 500
     assert make_source("ludb", DATA / "ludb" / "data").items() == make_source("ludb", DATA / "ludb").items()
 
@@ -217,7 +238,10 @@ def test_generic_csv_source(tmp_path):
     assert src.items() == ["p1/s0010_re", "p1/s0010_re_empty", "p2/gone"]
     rec = src.load("p1/s0010_re")
     assert rec.source == "ptbdb-csv" and rec.patient_id == "patient001" and rec.labels == {"mi": "1"}
-    assert rec.report == "Acute inferolateral myocardial infarction" and canonicalize(rec)[0].shape == (12, 5000)
+    assert rec.report == "Acute inferolateral myocardial infarction" and canonicalize(rec)[0].shape == (
+        12,
+        5000,
+    )
     for item, reason in (("p2/gone", "missing-file"), ("p1/s0010_re_empty", "missing-file")):
         with pytest.raises(RejectError, match=item.split("/")[-1]) as err:
             src.load(item)
@@ -227,7 +251,9 @@ def test_generic_csv_source(tmp_path):
 
 
 def test_registry_options_and_pickling():
-    assert {"mimic", "ptbxl", "challenge", "cpsc2018", "csn", "chapman", "georgia", "ludb", "generic"} <= set(SOURCES)
+    assert {"mimic", "ptbxl", "challenge", "cpsc2018", "csn", "chapman", "georgia", "ludb", "generic"} <= set(
+        SOURCES
+    )
     with pytest.raises(ValueError, match="unknown source"):
         make_source("nope", DATA)
     with pytest.raises(ValueError, match="no option"):

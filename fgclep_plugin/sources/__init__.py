@@ -47,7 +47,9 @@ def make_source(name: str, root: str | Path, **options: Any) -> Source:
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "root"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f"source {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(accepted))}")
+        raise ValueError(
+            f"source {name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(accepted))}"
+        )
     return cls(root, **options)
 
 

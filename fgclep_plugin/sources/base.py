@@ -106,7 +106,10 @@ def require_report(report: str, where: str, min_words: int = 1) -> str:
 
 
 def patient_split(
-    patient_id: Any, fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: str = "fgclep", names: Sequence[str] = SPLITS
+    patient_id: Any,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    seed: str = "fgclep",
+    names: Sequence[str] = SPLITS,
 ) -> str:
     """Deterministic split of a patient: ``sha256(seed:patient_id)`` mapped to [0, 1) against cumulative fractions.
 
@@ -114,7 +117,9 @@ def patient_split(
     """
     fractions = [float(f) for f in fractions]
     if len(fractions) != len(names) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"split fractions {fractions} must be {len(names)} non-negative numbers summing to 1")
+        raise ValueError(
+            f"split fractions {fractions} must be {len(names)} non-negative numbers summing to 1"
+        )
     digest = hashlib.sha256(f"{seed}:{str(patient_id).strip()}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     acc = 0.0

@@ -55,9 +55,15 @@ class ChallengeSource(Source):
 
     name = "challenge"
 
-    def __init__(self, root: str | Path, dataset: str = "challenge", require_report: bool | str = True,
-                 expected_fs: str | float | None = None, snomed_table: str | None = None,
-                 min_words: int | str = 1):
+    def __init__(
+        self,
+        root: str | Path,
+        dataset: str = "challenge",
+        require_report: bool | str = True,
+        expected_fs: str | float | None = None,
+        snomed_table: str | None = None,
+        min_words: int | str = 1,
+    ):
         super().__init__(root)
         self.name = dataset
         self.require_report = as_bool(require_report)
@@ -74,8 +80,11 @@ class ChallengeSource(Source):
         if self.expected_fs:
             fs = float(read_header(path).fs)
             if not any(abs(fs - f) < 1e-6 for f in self.expected_fs):
-                raise RejectError("unexpected-fs", f"{where}: sampling rate {fs:g} Hz, expected "
-                                  f"{', '.join(f'{f:g}' for f in self.expected_fs)} Hz for {self.name}")
+                raise RejectError(
+                    "unexpected-fs",
+                    f"{where}: sampling rate {fs:g} Hz, expected "
+                    f"{', '.join(f'{f:g}' for f in self.expected_fs)} Hz for {self.name}",
+                )
         data = read_wfdb(path, physical=True)
         fields = comment_fields(data.comments)
         codes = dx_codes(fields)

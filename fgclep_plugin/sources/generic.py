@@ -29,17 +29,28 @@ class GenericSource(Source):
 
     name = "generic"
 
-    def __init__(self, root: str | Path, reports: str = "reports.csv", record_column: str = "record",
-                 report_column: str = "report", patient_column: str = "patient_id",
-                 label_columns: str | list[str] | None = None, min_words: int | str = 1,
-                 dataset: str = "generic"):
+    def __init__(
+        self,
+        root: str | Path,
+        reports: str = "reports.csv",
+        record_column: str = "record",
+        report_column: str = "report",
+        patient_column: str = "patient_id",
+        label_columns: str | list[str] | None = None,
+        min_words: int | str = 1,
+        dataset: str = "generic",
+    ):
         super().__init__(root)
         self.name = dataset
         path = Path(reports)
         self.reports = path if path.is_absolute() else self.root / path
         if not self.reports.exists():
             raise FileNotFoundError(f"generic: report table {self.reports} not found")
-        self.record_column, self.report_column, self.patient_column = record_column, report_column, patient_column
+        self.record_column, self.report_column, self.patient_column = (
+            record_column,
+            report_column,
+            patient_column,
+        )
         self.label_columns = as_strings(label_columns) if label_columns else None
         self.min_words = int(min_words)
         header = self._header()
@@ -91,4 +102,3 @@ class GenericSource(Source):
             labels={c: row.get(c, "") for c in cols},
             meta=meta,
         )
-

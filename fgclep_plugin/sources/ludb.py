@@ -71,11 +71,18 @@ class LudbSource(Source):
 
     name = "ludb"
 
-    def __init__(self, root: str | Path, correct_gain: bool | str = True, adc_gain: float | str = LUDB_ADC_GAIN,
-                 min_words: int | str = 1):
+    def __init__(
+        self,
+        root: str | Path,
+        correct_gain: bool | str = True,
+        adc_gain: float | str = LUDB_ADC_GAIN,
+        min_words: int | str = 1,
+    ):
         super().__init__(root)
         self.data_dir = self.root / "data" if (self.root / "data").is_dir() else self.root
-        csv_path = next((p for p in (self.root / "ludb.csv", self.data_dir.parent / "ludb.csv") if p.exists()), None)
+        csv_path = next(
+            (p for p in (self.root / "ludb.csv", self.data_dir.parent / "ludb.csv") if p.exists()), None
+        )
         self.table_path = csv_path
         self.correct_gain = as_bool(correct_gain)
         self.adc_gain = float(adc_gain)

@@ -47,8 +47,21 @@ UNINFORMATIVE: tuple[str, ...] = (
     r"^age not entered",
     r"^(missing|noisy|artifact in) leads?\b",
 )
-MEASUREMENT_COLUMNS = ("rr_interval", "p_onset", "p_end", "qrs_onset", "qrs_end", "t_end", "p_axis", "qrs_axis",
-                       "t_axis", "bandwidth", "filtering", "cart_id", "ecg_time")
+MEASUREMENT_COLUMNS = (
+    "rr_interval",
+    "p_onset",
+    "p_end",
+    "qrs_onset",
+    "qrs_end",
+    "t_end",
+    "p_axis",
+    "qrs_axis",
+    "t_axis",
+    "bandwidth",
+    "filtering",
+    "cart_id",
+    "ecg_time",
+)
 
 
 def report_statements(row: dict[str, str]) -> list[str]:
@@ -75,8 +88,13 @@ def compile_patterns(patterns: str | list[str] | tuple[str, ...] | None) -> list
     return [re.compile(p, re.IGNORECASE) for p in patterns]
 
 
-def filter_report(statements: list[str], patterns: list[re.Pattern], min_words: int, where: str,
-                  drop_uninformative: bool = True) -> tuple[str, list[str]]:
+def filter_report(
+    statements: list[str],
+    patterns: list[re.Pattern],
+    min_words: int,
+    where: str,
+    drop_uninformative: bool = True,
+) -> tuple[str, list[str]]:
     """Apply the paper's report filters; returns (report, dropped statements) or raises RejectError."""
     if not statements:
         raise RejectError("report-empty", f"{where}: all report_* columns are empty")
@@ -102,9 +120,16 @@ class MimicSource(Source):
 
     name = "mimic-iv-ecg"
 
-    def __init__(self, root: str | Path, split: str = "all", split_fractions: str | tuple = (0.8, 0.1, 0.1),
-                 split_seed: str = "fgclep", min_words: int | str = 3, uninformative: str | list | None = None,
-                 drop_uninformative: bool | str = True):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "all",
+        split_fractions: str | tuple = (0.8, 0.1, 0.1),
+        split_seed: str = "fgclep",
+        min_words: int | str = 3,
+        uninformative: str | list | None = None,
+        drop_uninformative: bool | str = True,
+    ):
         super().__init__(root)
         if split not in (*SPLITS, "all"):
             raise ValueError(f"mimic: split must be one of {SPLITS} or 'all', not {split!r}")
@@ -156,7 +181,9 @@ class MimicSource(Source):
             raise RejectError("report-missing", f"{where}: study {study} not in machine_measurements.csv")
         statements, measurements = row
         patterns = [re.compile(p, re.IGNORECASE) for p in self.patterns]
-        report, dropped = filter_report(list(statements), patterns, self.min_words, where, self.drop_uninformative)
+        report, dropped = filter_report(
+            list(statements), patterns, self.min_words, where, self.drop_uninformative
+        )
         data = read_wfdb(path, physical=True)
         meta: dict = {"file": f"{rel}.hea", "study_id": study, "split": self.split_of(subject)}
         if dropped:

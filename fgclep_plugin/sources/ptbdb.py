@@ -27,8 +27,11 @@ _EMPTY = {"", "n/a", "no", "unknown", "none"}
 
 def ptbdb_report(fields: dict[str, str]) -> str:
     """Report text from the clinical-summary fields of a PTB-DB header."""
-    lines = [f"{key[:1].upper()}{key[1:]}: {fields[key]}" for key in REPORT_FIELDS
-             if fields.get(key, "").strip().lower() not in _EMPTY]
+    lines = [
+        f"{key[:1].upper()}{key[1:]}: {fields[key]}"
+        for key in REPORT_FIELDS
+        if fields.get(key, "").strip().lower() not in _EMPTY
+    ]
     return join_statements(lines)
 
 

@@ -28,7 +28,9 @@ def parse_scp_codes(text: str, where: str = "") -> dict[str, float]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise RejectError("bad-labels", f"{where}: scp_codes {text[:80]!r} is not a literal ({exc})") from None
+        raise RejectError(
+            "bad-labels", f"{where}: scp_codes {text[:80]!r} is not a literal ({exc})"
+        ) from None
     if not isinstance(value, dict):
         raise RejectError("bad-labels", f"{where}: scp_codes {text[:80]!r} is not a dict")
     return {str(k): float(v) for k, v in value.items()}
@@ -56,8 +58,13 @@ class PtbxlSource(Source):
 
     name = "ptbxl"
 
-    def __init__(self, root: str | Path, database: str = "ptbxl_database.csv", rate: int | str = 500,
-                 min_words: int | str = 1):
+    def __init__(
+        self,
+        root: str | Path,
+        database: str = "ptbxl_database.csv",
+        rate: int | str = 500,
+        min_words: int | str = 1,
+    ):
         super().__init__(root)
         if str(rate) not in _RATES:
             raise ValueError(f"ptbxl: rate must be 100 or 500, not {rate!r}")
@@ -113,8 +120,11 @@ class PtbxlSource(Source):
         fold = (row.get("strat_fold") or "").strip()
         if fold:
             labels["strat_fold"] = int(float(fold))
-        meta = {"file": f"{Path(path).relative_to(self.root).as_posix()}.hea", "age": row.get("age") or None,
-                "sex": row.get("sex") or None}
+        meta = {
+            "file": f"{Path(path).relative_to(self.root).as_posix()}.hea",
+            "age": row.get("age") or None,
+            "sex": row.get("sex") or None,
+        }
         patient = row.get("patient_id") or None
         return EcgRecord(
             source=self.name,

@@ -36,8 +36,16 @@ def build_table(label_maps: str | Path) -> list[dict[str, str]]:
     for fname in _CHALLENGE_FILES:
         for row in _rows(label_maps / fname):
             code = row["SNOMEDCTCode"]
-            table.setdefault(code, {"code": code, "name": row["Dx"], "challenge_abbreviation": row["Abbreviation"],
-                                    "chapman_acronyms": "", "origin": "challenge2021"})
+            table.setdefault(
+                code,
+                {
+                    "code": code,
+                    "name": row["Dx"],
+                    "challenge_abbreviation": row["Abbreviation"],
+                    "chapman_acronyms": "",
+                    "origin": "challenge2021",
+                },
+            )
     acronyms: dict[str, list[str]] = {}
     names: dict[str, str] = {}
     for fname in _CHAPMAN_FILES:
@@ -50,8 +58,16 @@ def build_table(label_maps: str | Path) -> list[dict[str, str]]:
                 acronyms[code].append(row["AcronymName"])
             names.setdefault(code, row["FullName"].lower())
     for code, acr in acronyms.items():
-        entry = table.setdefault(code, {"code": code, "name": names[code], "challenge_abbreviation": "",
-                                        "chapman_acronyms": "", "origin": "chapman"})
+        entry = table.setdefault(
+            code,
+            {
+                "code": code,
+                "name": names[code],
+                "challenge_abbreviation": "",
+                "chapman_acronyms": "",
+                "origin": "chapman",
+            },
+        )
         entry["chapman_acronyms"] = " ".join(acr)
     return sorted(table.values(), key=lambda r: int(r["code"]) if r["code"].isdigit() else 0)
 
