@@ -44,7 +44,7 @@ def _planned_features(diagnoses: list[str], rng: np.random.Generator) -> set[str
     for d in diagnoses:
         links = DIAGNOSES[d]["features"]
         chosen = {f for f, p in links.items() if rng.random() < p}
-        if d == "nonspecific_st_t" and not chosen:
+        if links and not chosen:  # a diagnosis always leaves some trace, though not always the same one
             chosen = {str(rng.choice(sorted(links)))}
         planned |= chosen
     return planned
@@ -85,6 +85,7 @@ def plan_spec(diagnoses: list[str], rng: np.random.Generator) -> tuple[EcgSpec, 
         options = [(4,), (2, 4), (3, 4)]
         s.flutter_conduction = (2,) if "fast_rate" in planned else options[int(rng.integers(len(options)))]
         s.flutter_amp_mv = u(0.15, 0.3)
+        s.hr_bpm = s.flutter_rate / float(np.mean(s.flutter_conduction))
     elif "paced_rhythm" in dx:
         s.rhythm, s.qrs_type, s.hr_bpm = "paced", "paced", u(60.0, 80.0)
         s.rr_sd, s.rsa, s.qrs_ms, s.axis_deg = 0.002, 0.0, u(140.0, 170.0), u(-80.0, -40.0)
