@@ -131,3 +131,12 @@ def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
     out_log = (tmp_path / "run" / "out.log").read_text()
     assert f"Contrastive_loss: {rows[0]['contrastive_loss']:#.5g}" in out_log
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
+
+
+def test_training_benchmark_runs_real_steps():
+    from fgclep_plugin.bench_train import bench, format_result
+
+    r = bench("FGCLEP-Tiny", LUDB_TEST, batch_size=4, steps=2, warmup=1, precision="fp32", device="cpu")
+    assert r["samples_per_second"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+    assert np.isfinite(r["first_loss"]) and r["first_loss"] != r["last_loss"]  # the optimiser stepped
+    assert "samples/s" in format_result(r)
