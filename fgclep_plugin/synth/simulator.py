@@ -307,8 +307,6 @@ def measure_template(comps: np.ndarray, fs: float = 1000.0) -> dict:
 
     qrs_seg = leads[:, s(q_on): s(j) + 1]
     r_mv = np.maximum(qrs_seg.max(1), 0.0)
-    r_at = qrs_seg.argmax(1)
-    s_mv = np.array([min(0.0, qrs_seg[i, r_at[i]:].min()) for i in range(12)])
     q_mv = np.zeros(12)
     q_ms = np.zeros(12)
     early = leads[:, s(q_on): s(q_on + 10.0)]
@@ -319,6 +317,14 @@ def measure_template(comps: np.ndarray, fs: float = 1000.0) -> dict:
             end = int(pos[0]) + 1 if len(pos) else len(seg)
             q_ms[i] = end / k
             q_mv[i] = seg[:end].min()
+    # S: the most negative deflection after the initial Q (if any) and after the start of the first R
+    q_end = np.round(q_ms * k).astype(int)
+    s_mv = np.zeros(12)
+    for i in range(12):
+        rest = qrs_seg[i, q_end[i]:]
+        if len(rest) and rest.max() > 0.01:
+            first_r = int(np.argmax(rest > 0.01))
+            s_mv[i] = min(0.0, rest[first_r:].min())
     t_seg = leads[:, s(j + 20.0): s(t_end) + 1]
     t_idx = np.abs(t_seg).argmax(1)
     t_mv = t_seg[np.arange(12), t_idx]
