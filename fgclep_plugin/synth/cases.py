@@ -60,7 +60,7 @@ def plan_spec(diagnoses: list[str], rng: np.random.Generator) -> tuple[EcgSpec, 
     s = EcgSpec(
         hr_bpm=hr, rr_sd=u(0.004, 0.025), rsa=u(0.0, 0.05) * rr_q, resp_hz=u(0.15, 0.35),
         pr_ms=float(np.clip(rng.normal(150.0, 15.0), 118.0, 195.0)), p_dur_ms=u(85.0, 110.0), p_amp=u(0.08, 0.15),
-        qrs_ms=float(np.clip(rng.normal(104.0, 6.0), 90.0, 116.0)), qrs_amp=u(1.0, 1.7),
+        qrs_ms=float(np.clip(rng.normal(107.0, 6.0), 92.0, 118.0)), qrs_amp=u(1.0, 1.7),
         axis_deg=float(np.clip(rng.normal(45.0, 22.0), -25.0, 85.0)), t_amp=u(0.28, 0.5), t_z=u(0.25, 0.55),
     )
     s.t_axis_deg = float(np.clip(s.axis_deg + rng.normal(0.0, 8.0), 35.0, 70.0))

@@ -449,25 +449,26 @@ def electrode_noise(noise: NoiseSpec, n: int, fs: float, rng: np.random.Generato
     Wander and hum are a few shared oscillations mixed with electrode-specific weights (respiration and mains
     couple into every electrode, unequally); EMG and amplifier noise are independent per electrode.
     """
-    t = np.arange(n) / fs
-    out = np.zeros((9, n))
+    t = np.arange(n, dtype=np.float32) / np.float32(fs)
     waves, weights = [], []
     if noise.baseline_mv > 0:
         for f in rng.uniform(0.05, 0.5, size=3):
-            ph = rng.uniform(0, 2 * np.pi)
-            waves += [np.sin(2 * np.pi * f * t + ph)]
-            weights += [rng.uniform(-1.0, 1.0, size=9) * noise.baseline_mv]
+            waves.append(np.sin(np.float32(2 * np.pi * f) * t + np.float32(rng.uniform(0, 2 * np.pi))))
+            weights.append(rng.uniform(-1.0, 1.0, size=9) * noise.baseline_mv)
     if noise.powerline_mv > 0:
-        arg = 2 * np.pi * noise.powerline_hz * t
+        arg = np.float32(2 * np.pi * noise.powerline_hz) * t
         waves += [np.sin(arg), np.cos(arg)]
         weights += [rng.uniform(-1.0, 1.0, size=9) * noise.powerline_mv * 0.7 for _ in range(2)]
-    for w, wave in zip(weights, waves):
-        out += w[:, None] * wave[None, :]
+    if waves:  # shared oscillations mixed per electrode (einsum: no BLAS threads)
+        out = np.einsum("ke,kn->en", np.array(weights, dtype=np.float32), np.array(waves))
+    else:
+        out = np.zeros((9, n), dtype=np.float32)
     if noise.muscle_mv > 0 or noise.white_mv > 0:
-        w = rng.standard_normal((9, n + 1))
-        emg = (w[:, 1:] - w[:, :-1]) * (noise.muscle_mv / np.sqrt(2.0))  # high-pass: EMG sits above 20 Hz
-        env = 1.0 + 0.8 * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 2 * np.pi))
-        out += emg * env + w[:, 1:] * noise.white_mv
+        w = rng.standard_normal((9, n + 1), dtype=np.float32)
+        env = np.float32(noise.muscle_mv / np.sqrt(2.0)) * (1.0 + 0.8 * np.sin(
+            np.float32(2 * np.pi * rng.uniform(0.1, 0.5)) * t + np.float32(rng.uniform(0, 2 * np.pi))))
+        # EMG: first difference of white noise (a high-pass, EMG sits above 20 Hz) with a slow envelope
+        out += (w[:, 1:] - w[:, :-1]) * env + np.float32(noise.white_mv) * w[:, 1:]
     return out
 
 

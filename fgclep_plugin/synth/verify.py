@@ -1,8 +1,9 @@
 """Independent check of the simulator's ground truth with neurokit2's R-peak detector and delineator.
 
-For every simulated record (noise included), neurokit2 detects R peaks on lead II and delineates leads II and
-V5 (``method="prominence"``); per beat the global QRS onset is the earlier of the two leads' onsets and the
-offsets the later ones (the clinical global-interval convention); a record's value is the median over beats.
+For every simulated record (noise included), neurokit2 detects R peaks on lead II and delineates leads
+(``method="prominence"``): PR and QT from II and V5, QRS from II, V5, I and V2; per beat an onset is the
+earliest and an offset the latest over those leads (the clinical global-interval convention); a record's value
+is the median over its beats.
 HR is compared on every record, PR on records with conducted P waves (sinus rhythm), QRS and QT on records
 whose rhythm is not paced. Run ``python -m fgclep_plugin.synth.verify --n 300``. neurokit2 is a dev/test
 dependency only.
@@ -19,7 +20,8 @@ from .cases import simulate_case
 from .geometry import LEAD_INDEX
 
 TOLERANCES = {"hr_bpm": 2.0, "pr_ms": 25.0, "qrs_ms": 25.0, "qt_ms": 40.0}
-DELINEATED_LEADS = ("II", "V5")
+DELINEATED_LEADS = ("II", "V5")  # PR, QT
+QRS_EXTRA_LEADS = ("I", "V2")  # QRS onset/offset: earliest/latest over II, V5, I, V2
 
 
 def _per_beat(waves: dict, key: str, n: int) -> np.ndarray:
@@ -40,24 +42,27 @@ def measure_with_neurokit(signal: np.ndarray, fs: float = 500.0) -> dict[str, fl
                "pr_ms": np.nan, "qrs_ms": np.nan, "qt_ms": np.nan}
         if len(r) < 3:
             return out
-        p_on, r_on, r_off, t_off = [], [], [], []
-        for name in DELINEATED_LEADS:
+        p_on, r_on, r_off, t_off, q_on, q_off = [], [], [], [], [], []
+        for name in DELINEATED_LEADS + QRS_EXTRA_LEADS:
             x = lead2 if name == "II" else nk.ecg_clean(signal[LEAD_INDEX[name]].astype(float), sampling_rate=fs)
             try:
                 _, w = nk.ecg_delineate(x, r, sampling_rate=fs, method="prominence")
             except (ValueError, IndexError):
                 continue
             n = len(r)
-            p_on.append(_per_beat(w, "ECG_P_Onsets", n))
-            r_on.append(_per_beat(w, "ECG_R_Onsets", n))
-            r_off.append(_per_beat(w, "ECG_R_Offsets", n))
-            t_off.append(_per_beat(w, "ECG_T_Offsets", n))
+            q_on.append(_per_beat(w, "ECG_R_Onsets", n))
+            q_off.append(_per_beat(w, "ECG_R_Offsets", n))
+            if name in DELINEATED_LEADS:
+                p_on.append(_per_beat(w, "ECG_P_Onsets", n))
+                r_on.append(q_on[-1])
+                r_off.append(q_off[-1])
+                t_off.append(_per_beat(w, "ECG_T_Offsets", n))
         if not r_on:
             return out
         ms = 1000.0 / fs
         on = np.nanmin(r_on, 0)
         out["pr_ms"] = float(np.nanmedian(on - np.nanmin(p_on, 0)) * ms)
-        out["qrs_ms"] = float(np.nanmedian(np.nanmax(r_off, 0) - on) * ms)
+        out["qrs_ms"] = float(np.nanmedian(np.nanmax(q_off, 0) - np.nanmin(q_on, 0)) * ms)
         out["qt_ms"] = float(np.nanmedian(np.nanmax(t_off, 0) - on) * ms)
     return out
 
@@ -120,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args(argv)
     rows = compare(args.n, args.seed)
-    print(f"neurokit2 (R peaks on II; delineation 'prominence' on {', '.join(DELINEATED_LEADS)}) vs generator, "
-          f"{args.n} records")
+    print(f"neurokit2 (R peaks on II; 'prominence' delineation, PR/QT on {'+'.join(DELINEATED_LEADS)}, QRS on "
+          f"{'+'.join(DELINEATED_LEADS + QRS_EXTRA_LEADS)}) vs generator, {args.n} simulated records (with noise)")
     print(format_table(agreement_table(rows)))
     return 0
 
