@@ -7,6 +7,8 @@ and the normalisation the transform applies (see ``fgclep_plugin.transform``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -202,10 +204,28 @@ class ResNet1d(nn.Module):
         for stage in self.stages:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 for blk in stage:
-                    x = checkpoint(blk, x, use_reentrant=False)
+                    x = checkpoint(blk, x, use_reentrant=False,
+                                   context_fn=lambda blk=blk: (nullcontext(), _bn_stats_frozen(blk)))
             else:
                 x = stage(x)
         return x
+
+
+@contextmanager
+def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Keep BatchNorm running statistics unchanged while a checkpointed block is recomputed in backward,
+    so gradient checkpointing updates them once per step, exactly as without it."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 class EcgTower(nn.Module):
