@@ -216,5 +216,10 @@ def simulate_case(seed, fs: float = 500.0, seconds: float = 10.0, with_clean: bo
         spec.n_pac = int(rng.integers(1, 3))
     signal, truth = render(spec, rng, fs=fs, seconds=seconds, with_clean=with_clean)
     features = label_features(truth, spec, planned)
+    # an ectopy diagnosis stands only if an ectopic beat fell inside the 10 s
+    diagnoses = [d for d in diagnoses if not ((d == "pvcs" and truth["n_pvc"] == 0)
+                                              or (d == "pacs" and truth["n_pac"] == 0))]
+    if diagnoses == ["sinus_rhythm"]:
+        diagnoses.append("normal_ecg")
     return {"diagnoses": diagnoses, "spec": spec, "planned": sorted(planned), "features": features,
             "signal": signal, "truth": truth}

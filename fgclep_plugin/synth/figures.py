@@ -1,7 +1,8 @@
 """Figure: synthetic normal ECGs vs LUDB's annotated normal records, plus one real and one synthetic ECG.
 
 ``python -m fgclep_plugin.synth.figures --out docs/`` writes ``synth_vs_ludb.png`` (interval distributions,
-per-lead amplitudes, a real LUDB 12-lead and a synthetic 12-lead on clinical paper) and prints the range table.
+per-lead amplitudes, a real LUDB 12-lead and a synthetic 12-lead on clinical paper), prints the range table,
+and writes ``synth_examples.png`` (one synthetic ECG per abnormal diagnosis, with its report and features).
 LUDB data: Kalyakulina et al. 2020, ODC-By 1.0.
 """
 
@@ -112,6 +113,52 @@ def make_figure(out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cas
     return path, format_rows(rows)
 
 
+GALLERY = ("lbbb", "rbbb", "atrial_fibrillation", "atrial_flutter", "inferior_mi_acute", "anterior_mi_old",
+           "lvh", "paced_rhythm", "pvcs", "first_degree_av_block")
+
+
+def make_gallery(out_dir: str | Path, diagnoses: tuple[str, ...] = GALLERY, seed: int = 31,
+                 max_cases: int = 5000) -> Path:
+    """Write ``synth_examples.png``: one synthetic ECG per diagnosis, titled with its report and features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .cases import ecg_class
+    from .reports import make_report
+
+    found: dict[str, dict] = {}
+    for i in range(max_cases):
+        case = simulate_case([seed, i])
+        for d in diagnoses:
+            if d not in found and d in case["diagnoses"] and len(case["diagnoses"]) <= 3:
+                found[d] = case
+                break  # one panel per case
+        if len(found) == len(diagnoses):
+            break
+    w_mm, h_mm = paper_size_mm()
+    cols = 2
+    rows = -(-len(found) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2 * 9.0, rows * 9.0 * h_mm / w_mm + rows * 0.5))
+    for ax, d in zip(np.ravel(axes), [d for d in diagnoses if d in found]):
+        case = found[d]
+        report, _ = make_report(case["diagnoses"], case["features"], ecg_class(case["diagnoses"]),
+                                np.random.default_rng(0), p_mention=0.0)
+        plot_ecg12(case["signal"], 500.0, LEAD_NAMES, ax=ax, title=f"\"{report}\"")
+        feats = ", ".join(f for f in case["features"] if f != "sinus_p")
+        ax.text(0.0, -0.02, f"features: {feats}", transform=ax.transAxes, fontsize=7, va="top", wrap=True)
+    for ax in np.ravel(axes)[len(found):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "synth_examples.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     """Write the figure and print the range table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -122,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     path, table = make_figure(args.out, args.ludb, args.cases)
     print(table)
     print(f"wrote {path}")
+    print(f"wrote {make_gallery(args.out)}")
     return 0
 
 

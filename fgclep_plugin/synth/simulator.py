@@ -22,7 +22,6 @@ from .geometry import ELECTRODE_VECTORS, LEAD_INDEX, LEAD_NAMES, LEAD_VECTORS, f
 
 # Component table columns: start (ms, relative to QRS onset), hl, pl, hr (ms), amp (mV), vx, vy, vz, group
 GROUPS = {"P": 0, "QRS": 1, "ST": 2, "T": 3, "U": 4, "SPIKE": 5}
-_QRS_EXTRA = 6  # QRS components added after the axis rotation (infarct Q, territory R loss)
 
 TERRITORY_VECTORS: dict[str, np.ndarray] = {
     "inferior": np.array([-0.25, 1.0, 0.0]),
@@ -152,7 +151,7 @@ def _t_wave(d: float, qt: float, amp: float, vec, group: str = "T") -> list[floa
 
 
 def _net_frontal(comps: np.ndarray) -> float:
-    qrs = comps[(comps[:, 8] == GROUPS["QRS"]) | (comps[:, 8] == _QRS_EXTRA)]
+    qrs = comps[comps[:, 8] == GROUPS["QRS"]]
     area = qrs[:, 4] * (0.5 * (qrs[:, 1] + qrs[:, 3]) + qrs[:, 2])
     x, y = (area[:, None] * qrs[:, 5:7]).sum(0)
     return float(np.degrees(np.arctan2(y, x)))
@@ -187,9 +186,20 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
         comps.append(_comp(qt + 30.0, 60.0, 0.0, 70.0, spec.u_amp, t_vec, "U"))
     arr = np.array(comps, dtype=float)
 
-    # Voltage targets (LVH, low voltage) scale the QRS dipole; measured on the rendered template.
+    # Rotate the QRS in the frontal plane so that its net vector has the target axis (before infarct changes,
+    # which then shift the axis as they do in patients; the recorded axis is measured on the final beat).
     qrs_mask = arr[:, 8] == GROUPS["QRS"]
+    for _ in range(4):
+        delta = (spec.axis_deg - _net_frontal(arr) + 180.0) % 360.0 - 180.0
+        if abs(delta) < 0.05:
+            break
+        _rotate_frontal(arr, qrs_mask, delta)
+
+    # Voltage targets (LVH, low voltage) scale the QRS dipole; measured on the rendered template. LVH adds
+    # mostly posterior (precordial) voltage.
     if spec.sokolow_target_mv is not None or spec.limb_ptp_target_mv is not None:
+        if spec.sokolow_target_mv is not None:
+            arr[qrs_mask, 7] *= 1.6
         m = measure_template(arr)
         if spec.sokolow_target_mv is not None:
             cur = m["sokolow_lyon_mv"]
@@ -203,8 +213,8 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
     main_amp = float(arr[qrs_mask, 4].max())
     for terr in spec.q_territories:
         u = TERRITORY_VECTORS[terr]
-        extra.append(_comp(0.0, 22.0, 12.0, 22.0, rng.uniform(0.5, 0.8) * max(main_amp, 0.8), -u, _QRS_EXTRA))
-        extra.append(_comp(0.1 * d, 0.24 * d, 0.0, 0.24 * d, rng.uniform(0.4, 0.6) * main_amp, -u, _QRS_EXTRA))
+        extra.append(_comp(0.0, 22.0, 12.0, 22.0, rng.uniform(0.5, 0.8) * max(main_amp, 0.8), -u, "QRS"))
+        extra.append(_comp(0.1 * d, 0.24 * d, 0.0, 0.24 * d, rng.uniform(0.4, 0.6) * main_amp, -u, "QRS"))
     rep = qt - d
     for terr, shift in spec.st_shift_mv.items():
         u = TERRITORY_VECTORS[terr]
@@ -223,14 +233,6 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
     if extra:
         arr = np.vstack([arr, np.array(extra, dtype=float)])
 
-    # Rotate the base QRS in the frontal plane until the net QRS vector (all QRS parts) has the target axis.
-    base = arr[:, 8] == GROUPS["QRS"]
-    for _ in range(4):
-        delta = (spec.axis_deg - _net_frontal(arr) + 180.0) % 360.0 - 180.0
-        if abs(delta) < 0.05:
-            break
-        _rotate_frontal(arr, base, delta)
-    arr[arr[:, 8] == _QRS_EXTRA, 8] = GROUPS["QRS"]
     return arr
 
 
@@ -383,11 +385,11 @@ def beat_schedule(spec: EcgSpec, duration_ms: float, rng: np.random.Generator) -
             on = flutter[k] + av
             if on > duration_ms + 400.0:
                 break
-            beats.append(Beat(on, "N"))
+            if on > -700.0:
+                beats.append(Beat(on, "N"))
             k += int(rng.choice(spec.flutter_conduction))
-        return [b for b in beats if b.onset_ms > -700.0], flutter
     phase = rng.uniform(0, 2 * np.pi)
-    while t < duration_ms + 400.0:
+    while spec.rhythm != "flutter" and t < duration_ms + 400.0:
         beats.append(Beat(t, "N"))
         if spec.rhythm == "af":
             step = rr * np.exp(rng.normal(0.0, 0.22)) / np.exp(0.22**2 / 2)
@@ -405,7 +407,7 @@ def beat_schedule(spec: EcgSpec, duration_ms: float, rng: np.random.Generator) -
         beats[i] = Beat(prev + (beats[i].onset_ms - prev) * rng.uniform(0.55, 0.7), "V")
     # PACs: an early conducted beat that resets the sinus node (later beats shift earlier).
     free = [i for i in inside if i not in set(pvc_at) and i - 1 not in set(pvc_at) and i + 1 not in set(pvc_at)]
-    n_pac = min(spec.n_pac, len(free) // 2)
+    n_pac = min(spec.n_pac, len(free) // 2) if spec.rhythm == "sinus" else 0
     for i in sorted(rng.choice(free, size=n_pac, replace=False) if n_pac else []):
         prev = beats[i - 1].onset_ms
         new = prev + (beats[i].onset_ms - prev) * rng.uniform(0.65, 0.8)
