@@ -30,6 +30,11 @@ ECG_TEMPLATES: tuple[str, ...] = (
 )
 """Prompt templates for class names (averaged per class by ``build_zero_shot_classifier``)."""
 
+def default_prompt_text(class_name: str) -> str:
+    """Text a class name stands for in prompts: label codes such as ``atrial_fibrillation`` read as words."""
+    return class_name.replace("_", " ")
+
+
 DATA_KEY = "ecg-zeroshot"
 """Key of the labelled zero-shot loader in open_clip's ``data`` dict."""
 
@@ -79,11 +84,13 @@ def zero_shot_auc(
     device: str | torch.device = "cpu",
     autocast: Callable[[], Any] = nullcontext,
     input_dtype: torch.dtype | None = None,
+    prompt_text: Callable[[str], str] = default_prompt_text,
 ) -> dict[str, Any]:
     """Zero-shot macro AUC of ``model`` on labelled ECGs.
 
     ``loader`` yields ``(ecgs [B, leads, L] already transformed, labels)`` with one list of class names per
-    sample. ``class_names`` defaults to the sorted union of the labels seen. Scores are cosine similarities
+    sample. ``class_names`` defaults to the sorted union of the labels seen; ``prompt_text(name)`` is put into
+    the templates (default: underscores read as spaces). Scores are cosine similarities
     between the ECG embedding and each class's prompt embedding (open_clip's ``build_zero_shot_classifier``
     over ``templates``); a shared sigmoid scale and bias would not change the AUC. Returns ``auc`` (macro over
     classes present with both outcomes), ``per_class``, ``skipped``, ``n_samples``, ``class_names``.
@@ -103,7 +110,8 @@ def zero_shot_auc(
         if not names:
             raise ValueError("zero-shot set has no class labels")
         with autocast():
-            classifier = build_zero_shot_classifier(model, tokenizer=tokenizer, classnames=names,
+            classifier = build_zero_shot_classifier(model, tokenizer=tokenizer,
+                                                    classnames=[prompt_text(n) for n in names],
                                                     templates=list(templates), num_classes_per_batch=10,
                                                     device=device)
     finally:
