@@ -201,3 +201,19 @@ def test_clinical_plot_draws_by_lead_name(tmp_path):
     assert (tmp_path / "ecg.png").stat().st_size > 10_000
     with pytest.raises(KeyError, match="lead V6"):
         plot_ecg12(rec.signal[:11], 500, rec.lead_names[:11])
+
+
+def test_corpus_is_byte_identical_across_runs(tmp_path):
+    from fgclep_plugin.synth.corpus import ensure_synth_corpus
+
+    sizes = {"train": 6, "val": 0, "test": 2}
+    a = ensure_synth_corpus(tmp_path / "a", sizes=sizes, seed=4, maxcount=4)
+    b = ensure_synth_corpus(tmp_path / "b", sizes=sizes, seed=4, maxcount=4)
+    assert set(a) == set(b) == {"train", "test"}
+    for split in a:
+        for k in range(2 if split == "train" else 1):
+            name = f"synth-{split}-{k:06d}.tar"
+            assert (tmp_path / "a" / split / name).read_bytes() == (tmp_path / "b" / split / name).read_bytes()
+    ensure_synth_corpus(tmp_path / "c", sizes=sizes, seed=5, maxcount=4)
+    other = (tmp_path / "c" / "test" / "synth-test-000000.tar").read_bytes()
+    assert other != (tmp_path / "a" / "test" / "synth-test-000000.tar").read_bytes()
