@@ -37,7 +37,9 @@ class _RegisterAfterOpenClipImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module) -> None:
             exec_module(module)
-            register()
+            hooks = sys.modules.get(f"{__name__}.hooks")
+            if hooks is None or hasattr(hooks, "register"):  # not mid-import of the hooks module itself
+                register()
 
         loader.exec_module = exec_then_register
         return spec

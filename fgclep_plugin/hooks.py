@@ -149,6 +149,12 @@ def register() -> None:
     """Make open_clip FG-CLEP aware: model configs, ECG tower, ECG transforms, offline tokenizers."""
     register_model_hooks()
 
+
+# Importing this module registers the plugin (cheap: open_clip is imported above). This covers
+# `import fgclep_plugin.hooks` before open_clip: the package's import hook then skips registering, because
+# this module is still half-imported when open_clip finishes importing.
+register()
+
 # =====================================================================================================
 # End of the model side.
 # =====================================================================================================

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,22 @@ def test_paper_config_fields_and_ecg_tower():
     assert isinstance(tower, EcgTower)
     with torch.no_grad():
         assert tower.eval()(torch.randn(2, 12, 5000)).shape == (2, 256)
+
+
+@pytest.mark.parametrize("first_import", ["import fgclep_plugin", "import fgclep_plugin.hooks",
+                                          "import fgclep_plugin.loss", "import open_clip; import fgclep_plugin"])
+def test_registration_does_not_depend_on_import_order(first_import):
+    import subprocess
+
+    code = (f"{first_import}\nimport open_clip\n"
+            "assert 'FGCLEP-Tiny' in open_clip.list_models()\n"
+            "assert open_clip.model._build_vision_tower.__module__ == 'fgclep_plugin.hooks'\n"
+            "assert open_clip.create_model_and_transforms.__module__ == 'fgclep_plugin.hooks'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_plain_import_is_cheap():
+    import subprocess
+
+    code = "import sys, fgclep_plugin\nassert 'torch' not in sys.modules and 'open_clip' not in sys.modules\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
