@@ -190,6 +190,8 @@ def label_features(truth: dict, spec: EcgSpec, planned: set[str]) -> list[str]:
     by_plan = {n for n in planned if FEATURES[n]["kind"] == "planned"}
     if truth["n_pvc"] == 0:
         by_plan.discard("premature_wide_beats")
+    else:
+        by_plan.discard("sinus_p")  # an ectopic ventricular beat has no P wave before it
     if truth["n_pac"] == 0:
         by_plan.discard("premature_p")
     if spec.rhythm == "af" and spec.af_amp_mv < 0.03:
