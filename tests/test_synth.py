@@ -160,8 +160,19 @@ def test_shards_round_trip_and_regenerate_only_when_missing(tmp_path):
     shard2.unlink()
     assert ensure_synth_corpus(tmp_path, sizes=sizes, seed=11, maxcount=5) == urls
     assert shard.stat().st_mtime_ns == mtime and shard2.exists()
+    from fgclep_plugin.synth.corpus import generate_corpus
+
+    with pytest.raises(RuntimeError, match="different input"):  # the command never deletes
+        generate_corpus(tmp_path, sizes, seed=12, maxcount=5)
+    # ensure_synth_corpus treats another seed's corpus as a stale cache and rebuilds it
+    assert ensure_synth_corpus(tmp_path, sizes=sizes, seed=12, maxcount=5) == urls
+    rebuilt = list(iter_samples(expand_urls(urls["val"])))
+    assert rebuilt[2]["text"] == synth_record(12, "val", 2).report
+    # ... but not a folder holding anything it did not write
+    (tmp_path / "test" / "notes.txt").write_text("mine")
     with pytest.raises(RuntimeError, match="different input"):
-        ensure_synth_corpus(tmp_path, sizes=sizes, seed=12, maxcount=5)
+        ensure_synth_corpus(tmp_path, sizes=sizes, seed=13, maxcount=5)
+    assert (tmp_path / "test" / "notes.txt").exists()
 
 
 def test_source_rejects_unknown_split_and_is_picklable():

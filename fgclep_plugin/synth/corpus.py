@@ -1,8 +1,10 @@
 """The embedded default corpus: synthetic train / val / test shards, generated on demand.
 
 ``ensure_synth_corpus()`` returns the shard URL pattern of every split, writing whatever is missing first
-(the shard writer is resumable, so a complete corpus costs only a check). Records are deterministic in
-(seed, split, index), so the same call regenerates byte-identical shards on any machine.
+(the shard writer is resumable, so a complete corpus costs only a check) and rebuilding a split made with
+another seed, size or generator version. Records are deterministic in (seed, split, index), so the same call
+regenerates byte-identical shards on any machine. ``fgclep synth`` (``generate_corpus``) never deletes: it
+refuses a folder holding a different corpus.
 """
 
 from __future__ import annotations
@@ -46,16 +48,49 @@ def generate_corpus(
     return out
 
 
+def _is_generated_split_dir(folder: Path, split: str) -> bool:
+    """True if ``folder`` holds nothing but files this module writes for ``split``."""
+    prefix = f"synth-{split}"
+    for entry in folder.iterdir():
+        name = entry.name
+        ok = (
+            name in ("sizes.json", ".fgclep-state")
+            or (name.startswith(prefix) and name.endswith((".tar", ".rejects.jsonl")))
+            or (name.startswith(f".{prefix}") and ".tmp-" in name)
+        )
+        if not ok:
+            return False
+    return True
+
+
 def ensure_synth_corpus(
     root: str | Path = DEFAULT_ROOT,
     sizes: dict[str, int] | None = None,
     seed: int = DEFAULT_SEED,
     workers: int = 1,
     maxcount: int = DEFAULT_MAXCOUNT,
+    rebuild_stale: bool = True,
 ) -> dict[str, str]:
     """Shard URL pattern (``.../synth-train-{000000..000007}.tar``) per split; generates missing shards first.
 
-    Raises RuntimeError if ``root`` holds a corpus made with another seed, size or generator version.
+    A split folder holding a corpus of another seed, size or generator version is a stale cache: with
+    ``rebuild_stale`` it is deleted and regenerated (only if it holds nothing but generated files), otherwise
+    RuntimeError.
     """
-    summaries = generate_corpus(root, sizes, seed, workers, maxcount, progress=False, log=None)
-    return {split: s["urls"] for split, s in summaries.items()}
+    import shutil
+
+    sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
+    urls = {}
+    for split, n in sizes.items():
+        if n <= 0:
+            continue
+        try:
+            summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+        except RuntimeError as e:
+            folder = Path(root) / split
+            if not (rebuild_stale and "different input" in str(e) and _is_generated_split_dir(folder, split)):
+                raise
+            shutil.rmtree(folder)
+            summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+        urls[split] = summary["urls"]
+    return urls
