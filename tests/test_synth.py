@@ -96,8 +96,15 @@ def test_st_and_rate_features_are_in_the_signal():
 
 
 def test_vocabulary_is_consistent_and_links_are_not_bijective():
+    from fgclep_plugin.synth.vocabulary import feature_by_phrase, feature_phrase
+
     phrases = [f["phrase"] for f in FEATURES.values()]
     assert len(phrases) == len(set(phrases))
+    index = feature_by_phrase()
+    assert index["st elevation in ii, iii, avf"] == "ste_inferior"
+    assert all(index[feature_phrase(k).lower()] == k for k in FEATURES)
+    with pytest.raises(KeyError, match="unknown waveform feature 'st_bump'"):
+        feature_phrase("st_bump")
     for name, d in DIAGNOSES.items():
         assert set(d["features"]) <= set(FEATURES), name
         assert d["phrases"], name

@@ -156,3 +156,8 @@ def feature_phrase(name: str) -> str:
         return FEATURES[name]["phrase"]
     except KeyError:
         raise KeyError(f"unknown waveform feature {name!r}") from None
+
+
+def feature_by_phrase() -> dict[str, str]:
+    """Lower-cased canonical phrase -> feature name (for matching proposed features against ground truth)."""
+    return {v["phrase"].lower(): k for k, v in FEATURES.items()}
