@@ -140,7 +140,7 @@ def _qrs(kind: str, d: float, amp: float, axis: float) -> list[list[float]]:
         return [
             _comp(0.0, 0.10 * d, 0.0, 0.10 * d, 0.15 * amp, [0.7, 0.1, -0.6], "QRS"),
             _comp(0.05 * d, 0.22 * d, 0.0, 0.22 * d, 0.9 * amp, lat, "QRS"),
-            _comp(0.45 * d, 0.27 * d, 0.0, 0.28 * d, 0.85 * amp, [np.cos(a) * 0.9, np.sin(a) * 0.6, -1.0], "QRS"),
+            _comp(0.28 * d, 0.32 * d, 0.0, 0.40 * d, 0.8 * amp, [np.cos(a) * 0.9, np.sin(a) * 0.6, -1.0], "QRS"),
         ]
     raise ValueError(f"unknown QRS type {kind!r}")
 
