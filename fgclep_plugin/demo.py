@@ -58,8 +58,8 @@ def read_curve(run_dir: Path, steps_per_epoch: int) -> list[dict]:
     losses = [json.loads(line) for line in (run_dir / "losses-rank0.jsonl").read_text().splitlines()]
     results = [json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()]
     rows = []
-    for r in results:
-        epoch = int(r["epoch"])
+    for i, r in enumerate(results):  # one line per epoch (--zeroshot-frequency 1)
+        epoch = int(r.get("epoch", i + 1))
         chunk = [x for x in losses if (epoch - 1) * steps_per_epoch <= x["step"] < epoch * steps_per_epoch]
         siglip, fnm = (sum(x[k] for x in chunk) / max(len(chunk), 1) for k in ("contrastive_loss", "fnm_loss"))
         rows.append({"epoch": epoch, "loss": siglip + fnm, "siglip": siglip, "fnm": fnm,

@@ -140,3 +140,27 @@ def test_training_benchmark_runs_real_steps():
     assert r["samples_per_second"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0
     assert np.isfinite(r["first_loss"]) and r["first_loss"] != r["last_loss"]  # the optimiser stepped
     assert "samples/s" in format_result(r)
+
+
+def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
+    assert main(train_argv(tmp_path, "--epochs", "1", "--accum-freq", "2", "--grad-checkpointing",
+                           "--train-num-samples", "32", "--loss-log", str(tmp_path / "l"))) is None
+    rows = [json.loads(line) for line in Path(f"{tmp_path / 'l'}-rank0.jsonl").read_text().splitlines()]
+    assert len(rows) == 4  # 2 optimiser steps x 2 accumulated micro-batches, each with its loss
+    assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").exists()
+
+
+@pytest.mark.slow
+def test_demo_prints_a_curve_from_a_real_run(tmp_path, capsys):
+    from fgclep_plugin import demo
+
+    assert demo.main(["--root", str(tmp_path / "synth"), "--model", "FGCLEP-Tiny", "--epochs", "2",
+                      "--train-samples", "64", "--batch-size", "16", "--lr", "1e-3", "--workers", "0",
+                      "--logs", str(tmp_path / "runs"), "--name", "d"]) == 0
+    rows = json.loads((tmp_path / "runs" / "d" / "curve.json").read_text())
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all(0 <= r["auc"] <= 1 for r in rows) and rows[1]["loss"] > 0
+    losses = [json.loads(line) for line in (tmp_path / "runs" / "d" / "losses-rank0.jsonl").read_text().splitlines()]
+    assert len(losses) == 8
+    assert rows[2]["siglip"] == pytest.approx(sum(x["contrastive_loss"] for x in losses[4:]) / 4)
+    assert "zero-shot AUC" in capsys.readouterr().out
