@@ -99,8 +99,11 @@ def test_two_processes_match_one_process_first_step_and_resume(one_process, tmp_
 
     ckpt = tmp_path / "two" / "checkpoints" / "epoch_1.pt"
     reload_matches_saved_state(ckpt)
-    proc = launch(tmp_path, "two", 2, "--epochs", "2", "--resume", "latest")
+    proc = launch(tmp_path, "two", 2, "--epochs", "2", "--resume", "latest", "--ecg-zeroshot-data", LUDB_TEST,
+                  "--ecg-zeroshot-label-key", "Rhythms", "--zeroshot-frequency", "1")
     log = (tmp_path / "two" / "out.log").read_text()
     assert "=> resuming checkpoint" in log and "(epoch 1)" in log.split("=> resuming checkpoint")[-1]
     assert torch.load(tmp_path / "two" / "checkpoints" / "epoch_2.pt", map_location="cpu",
                       weights_only=True)["epoch"] == 2
+    metrics = json.loads((tmp_path / "two" / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
+    assert 0.0 <= metrics["ecg-zeroshot-auc"] <= 1.0  # rank 0 evaluates while rank 1 waits at the barrier
