@@ -80,6 +80,7 @@ def bench(model_name: str, shards: str, batch_size: int, steps: int, warmup: int
     from .loss import create_fgclep_loss
 
     register()
+    rss_start = psutil.Process(os.getpid()).memory_info().rss
     torch.manual_seed(0)
     batches = load_batches(model_name, shards, batch_size, warmup + steps)
     model = open_clip.create_model(model_name, device=device, output_dict=True)
@@ -116,7 +117,7 @@ def bench(model_name: str, shards: str, batch_size: int, steps: int, warmup: int
         "model": model_name, "batch_size": batch_size, "steps": steps, "precision": precision, "device": device,
         "threads": torch.get_num_threads(), "params_million": sum(p.numel() for p in model.parameters()) / 1e6,
         "samples_per_second": steps * batch_size / seconds, "seconds_per_step": seconds / steps,
-        "rss_before_mb": rss.before / 2**20, "peak_rss_mb": rss.peak / 2**20, "first_loss": losses[0],
+        "rss_start_mb": rss_start / 2**20, "rss_before_mb": rss.before / 2**20, "peak_rss_mb": rss.peak / 2**20, "first_loss": losses[0],
         "last_loss": losses[-1],
     }
     if device.startswith("cuda"):
@@ -129,7 +130,8 @@ def format_result(r: dict) -> str:
             f"{r['device']}, {r['threads']} thread(s), {r['steps']} timed steps")
     lines = [head,
              f"  training: {r['samples_per_second']:.1f} samples/s ({r['seconds_per_step']:.3f} s/step)",
-             f"  memory: peak RSS {r['peak_rss_mb']:.0f} MB (before the first timed step {r['rss_before_mb']:.0f} MB)"]
+             (f"  memory: peak RSS {r['peak_rss_mb']:.0f} MB (before building the model "
+              f"{r['rss_start_mb']:.0f} MB; after the warm-up steps {r['rss_before_mb']:.0f} MB)")]
     if "peak_cuda_mb" in r:
         lines.append(f"  CUDA peak allocated: {r['peak_cuda_mb']:.0f} MB")
     return "\n".join(lines)
