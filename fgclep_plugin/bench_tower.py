@@ -23,6 +23,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import torch
@@ -125,15 +126,32 @@ def _time(steps: dict[str, Callable[[], None]], reps: int) -> dict[str, list[flo
     return times
 
 
+def _vm_hwm_mib() -> float:
+    """Peak resident set size of this process (VmHWM) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_hwm() -> None:
+    """Reset the peak-RSS mark (Linux: a child starts with its parent's mark, inherited across fork)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def _peak_rss_child(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     _ARGS.update(args)
     torch.set_num_threads(args["threads"])
+    _reset_hwm()
     step = _build(kind)[0]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _vm_hwm_mib()
     step()
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after / 1024, (after - before) / 1024))  # ru_maxrss is KiB on Linux
+    after = _vm_hwm_mib()
+    queue.put((after, after - before))
 
 
 def _peak_rss(kind: str) -> tuple[float, float]:
@@ -142,7 +160,13 @@ def _peak_rss(kind: str) -> tuple[float, float]:
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_rss_child, args=(kind, dict(_ARGS), queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"memory probe for {kind} failed (exit code {proc.exitcode})") from None
     proc.join()
     return result
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 ECG_TOWER_KEY = "ecg_tower"
@@ -215,7 +216,7 @@ class ResNet1d(nn.Module):
 def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
     """Keep BatchNorm running statistics unchanged while a checkpointed block is recomputed in backward,
     so gradient checkpointing updates them once per step, exactly as without it."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
     for m in bns:
         m.momentum = 0.0
@@ -243,7 +244,7 @@ class EcgTower(nn.Module):
         else:
             hidden = (feat + embed_dim) // 2
             self.proj = nn.Sequential(nn.Linear(feat, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
-        self._frozen_bn: list[nn.BatchNorm1d] = []
+        self._frozen_bn: set[str] = set()
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.pool == "avg":
@@ -273,13 +274,17 @@ class EcgTower(nn.Module):
             for p in g.parameters():
                 p.requires_grad = False
             if freeze_bn_stats:
-                self._frozen_bn.extend(m for m in g.modules() if isinstance(m, nn.BatchNorm1d))
+                frozen_ids = {id(m) for m in g.modules() if isinstance(m, _BatchNorm)}
+                self._frozen_bn.update(n for n, m in self.named_modules() if id(m) in frozen_ids)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EcgTower:
         super().train(mode)
-        for m in self._frozen_bn:  # frozen BatchNorm layers keep their running statistics
-            m.eval()
+        # frozen BatchNorm layers keep their running statistics; looked up by name, so the freeze survives
+        # module swaps such as SyncBatchNorm.convert_sync_batchnorm
+        for name, m in self.named_modules():
+            if name in self._frozen_bn:
+                m.eval()
         return self
 
     @torch.jit.ignore

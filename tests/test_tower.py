@@ -104,6 +104,9 @@ def test_lock_freezes_groups_and_bn_stats():
     tower(torch.randn(2, 12, 400))
     assert torch.equal(tower.trunk.stem[1].running_mean, stats)  # frozen BN keeps its statistics
     assert not tower.trunk.stem[1].training and tower.proj.training
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(tower)  # as open_clip_train does with --use-bn-sync
+    synced.eval().train()
+    assert isinstance(synced.trunk.stem[1], nn.SyncBatchNorm) and not synced.trunk.stem[1].training
 
     free = build_ecg_tower(8, _cfg(arch="resnet1d18", width=8)).train()
     before = free.trunk.stem[1].running_mean.clone()
