@@ -95,6 +95,9 @@ def test_tiny_checkpoint_roundtrip_gives_identical_embeddings(tmp_path):
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
     fresh, _, _ = open_clip.create_model_and_transforms("FGCLEP-Tiny")
     assert not torch.allclose(_embed(fresh, pre_val, tokenizer)[0], got[0])
+    again, preprocess = open_clip.create_model_from_pretrained("FGCLEP-Tiny", pretrained=str(ckpt))
+    assert isinstance(preprocess, EcgTransform) and not preprocess.is_train
+    assert torch.equal(_embed(again, preprocess, tokenizer)[0], expected[0])
 
 
 def test_minilm_config_uses_packaged_text_tower():
