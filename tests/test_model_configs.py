@@ -154,3 +154,15 @@ def test_plain_import_is_cheap():
 
     code = "import sys, fgclep_plugin\nassert 'torch' not in sys.modules and 'open_clip' not in sys.modules\n"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_paper_config_full_model_when_bioclinicalbert_is_cached():
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained("emilyalsentzer/Bio_ClinicalBERT", local_files_only=True)
+    except OSError:
+        pytest.skip("Bio_ClinicalBERT is not in the local Hugging Face cache (no hub access here)")
+    model, _, pre_val = open_clip.create_model_and_transforms("FGCLEP-ResNet1d50-BioClinicalBERT")
+    assert isinstance(model.visual, EcgTower) and isinstance(pre_val, EcgTransform)
+    assert model.text.config.model_type == "bert"
