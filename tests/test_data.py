@@ -192,3 +192,9 @@ def test_labelled_loader_keeps_order_and_labels(shard_dir):
     labels = [lab for _, labs in batches for lab in labs]
     assert ids == list(range(8, 16))
     assert labels == [i % 2 for i in ids]
+
+
+def test_unknown_training_size_is_a_clear_error(shard_dir):
+    urls = "::".join(f"pipe:cat {shard_dir / f'toy-{s:06d}.tar'}" for s in range(N_SHARDS))
+    with pytest.raises(RuntimeError, match="sizes.json beside the shards or pass --train-num-samples"):
+        get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
