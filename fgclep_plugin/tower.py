@@ -124,7 +124,7 @@ class BasicBlock1d(nn.Module):
         out = F.relu(self.bn1(self.conv1(x)), inplace=True)
         out = self.bn2(self.conv2(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity, inplace=True)
+        return F.relu(out.add_(identity), inplace=True)  # BN backward needs its input, not its output
 
 
 class Bottleneck1d(nn.Module):
@@ -151,7 +151,7 @@ class Bottleneck1d(nn.Module):
         out = F.relu(self.bn2(self.conv2(out)), inplace=True)
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity, inplace=True)
+        return F.relu(out.add_(identity), inplace=True)  # BN backward needs its input, not its output
 
 
 def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:

@@ -52,6 +52,26 @@ def test_resnet1d50_matches_reference_implementation_param_count():
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()) == 16_483_712
 
 
+def test_resnet1d50_computes_the_same_function_as_the_reference():
+    torch.manual_seed(0)
+    ours = build_ecg_tower(32, _cfg(arch="resnet1d50", width=8, zero_init_residual=False)).train()
+    ref = RefResNet1d50(32, width=8).train()
+    ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
+    assert [v.shape for v in ours_sd.values()] == [v.shape for v in ref_sd.values()]
+    ref.load_state_dict(dict(zip(ref_sd, ours_sd.values())))
+    x = torch.randn(3, 12, 900)
+    xo, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    yo, yr = ours(xo), ref(xr)
+    assert torch.allclose(yo, yr, atol=1e-5)
+    yo.square().sum().backward()
+    yr.square().sum().backward()
+    assert torch.allclose(xo.grad, xr.grad, atol=1e-5)
+    for po, pr in zip(ours.parameters(), ref.parameters()):
+        assert torch.allclose(po.grad, pr.grad, rtol=1e-4, atol=1e-5)
+    for bo, br in zip(ours.buffers(), ref.buffers()):
+        assert torch.allclose(bo.float(), br.float(), atol=1e-6)
+
+
 @pytest.mark.parametrize(("arch", "features"), [("resnet1d18", 64), ("resnet1d34", 64),
                                                 ("resnet1d50", 256), ("resnet1d101", 256)])
 def test_output_shapes(arch, features):
