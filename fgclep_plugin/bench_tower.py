@@ -90,8 +90,17 @@ def _small_train_step(batch: int, bf16: bool) -> tuple[Callable[[], None], int]:
     tokenizer = open_clip.get_tokenizer(SMALL_MODEL)
     vcfg = model.visual.cfg
     ecg = torch.randn(batch, 12, vcfg.train_crop_length or vcfg.input_length)
-    words = ["sinus rhythm", "normal ecg", "atrial fibrillation", "left axis deviation", "st elevation",
-             "first degree av block", "right bundle branch block", "sinus tachycardia", "t wave inversion"]
+    words = [
+        "sinus rhythm",
+        "normal ecg",
+        "atrial fibrillation",
+        "left axis deviation",
+        "st elevation",
+        "first degree av block",
+        "right bundle branch block",
+        "sinus tachycardia",
+        "t wave inversion",
+    ]
     reports = [". ".join(words[(i + k) % len(words)] for k in range(1 + i % 4)) for i in range(batch)]
     text = tokenizer(reports)
     loss_fn = FgClepLoss(fnm_lambda=0.5)
@@ -102,8 +111,9 @@ def _small_train_step(batch: int, bf16: bool) -> tuple[Callable[[], None], int]:
         opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(ecg, text)
-        loss = loss_fn(out["image_features"].float(), out["text_features"].float(), out["logit_scale"],
-                       out["logit_bias"])
+        loss = loss_fn(
+            out["image_features"].float(), out["text_features"].float(), out["logit_scale"], out["logit_bias"]
+        )
         loss.backward()
         opt.step()
 
@@ -173,7 +183,7 @@ def _peak_rss(kind: str) -> tuple[float, float]:
 
 def _report(label: str, seconds: list[float], batch: int, rss: tuple[float, float]) -> str:
     best, median = batch / min(seconds), batch / statistics.median(seconds)
-    return (f"{label:<44} {best:8.1f} {median:8.1f}   {rss[0]:8.0f} {rss[1]:8.0f}")
+    return f"{label:<44} {best:8.1f} {median:8.1f}   {rss[0]:8.0f} {rss[1]:8.0f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--reps", type=int, default=5, help="interleaved timed repetitions per workload")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (open_clip --precision amp_bf16)")
+    parser.add_argument(
+        "--bf16", action="store_true", help="autocast to bfloat16 (open_clip --precision amp_bf16)"
+    )
     args = parser.parse_args(argv)
     _ARGS.update(batch_size=args.batch_size, bf16=args.bf16, threads=args.threads)
     torch.set_num_threads(args.threads)
@@ -195,19 +207,27 @@ def main(argv: list[str] | None = None) -> None:
     small, n_small = _build("small_tower")
     train, n_train = _build("small_train")
 
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {batch}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.reps} interleaved repetitions")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {batch}, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.reps} interleaved repetitions"
+    )
     times = _time({"ours50": ours, "reference50": ref, "small_tower": small, "small_train": train}, args.reps)
-    print(f"{'workload (forward + backward)':<44} {'best/s':>8} {'median/s':>8}   {'peakMiB':>8} {'stepMiB':>8}")
-    labels = {"ours50": f"ResNet1d50 ECG tower (ours, {n_ours / 1e6:.1f} M params)",
-              "reference50": "ResNet1d50 plain reference",
-              "small_tower": f"{SMALL_MODEL} ECG tower ({n_small / 1e6:.2f} M)",
-              "small_train": f"{SMALL_MODEL} train step ({n_train / 1e6:.1f} M)"}
+    print(
+        f"{'workload (forward + backward)':<44} {'best/s':>8} {'median/s':>8}   {'peakMiB':>8} {'stepMiB':>8}"
+    )
+    labels = {
+        "ours50": f"ResNet1d50 ECG tower (ours, {n_ours / 1e6:.1f} M params)",
+        "reference50": "ResNet1d50 plain reference",
+        "small_tower": f"{SMALL_MODEL} ECG tower ({n_small / 1e6:.2f} M)",
+        "small_train": f"{SMALL_MODEL} train step ({n_train / 1e6:.1f} M)",
+    }
     for kind, label in labels.items():
         print(_report(label, times[kind], batch, _peak_rss(kind)))
     paired = [r / o for o, r in zip(times["ours50"], times["reference50"])]
-    print(f"ResNet1d50 speed ours / reference: best {min(times['reference50']) / min(times['ours50']):.3f}, "
-          f"median of paired repetitions {statistics.median(paired):.3f} (>1 means ours is faster)")
+    print(
+        f"ResNet1d50 speed ours / reference: best {min(times['reference50']) / min(times['ours50']):.3f}, "
+        f"median of paired repetitions {statistics.median(paired):.3f} (>1 means ours is faster)"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from pathlib import Path
 import psutil
 import torch
 
-DEFAULT_SHARDS = str(Path(__file__).resolve().parents[1] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar")
+DEFAULT_SHARDS = str(
+    Path(__file__).resolve().parents[1] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar"
+)
 
 
 class PeakRss:
@@ -70,8 +72,9 @@ def load_batches(model_name: str, shards: str, batch_size: int, n_batches: int) 
     return batches
 
 
-def bench(model_name: str, shards: str, batch_size: int, steps: int, warmup: int, precision: str,
-          device: str) -> dict:
+def bench(
+    model_name: str, shards: str, batch_size: int, steps: int, warmup: int, precision: str, device: str
+) -> dict:
     """Time ``steps`` training steps after ``warmup``; returns samples/s, s/step and memory figures."""
     import open_clip
     from open_clip_train.precision import get_autocast
@@ -114,10 +117,19 @@ def bench(model_name: str, shards: str, batch_size: int, steps: int, warmup: int
     seconds = time.perf_counter() - t0
     rss.stop()
     result = {
-        "model": model_name, "batch_size": batch_size, "steps": steps, "precision": precision, "device": device,
-        "threads": torch.get_num_threads(), "params_million": sum(p.numel() for p in model.parameters()) / 1e6,
-        "samples_per_second": steps * batch_size / seconds, "seconds_per_step": seconds / steps,
-        "rss_start_mb": rss_start / 2**20, "rss_before_mb": rss.before / 2**20, "peak_rss_mb": rss.peak / 2**20, "first_loss": losses[0],
+        "model": model_name,
+        "batch_size": batch_size,
+        "steps": steps,
+        "precision": precision,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "params_million": sum(p.numel() for p in model.parameters()) / 1e6,
+        "samples_per_second": steps * batch_size / seconds,
+        "seconds_per_step": seconds / steps,
+        "rss_start_mb": rss_start / 2**20,
+        "rss_before_mb": rss.before / 2**20,
+        "peak_rss_mb": rss.peak / 2**20,
+        "first_loss": losses[0],
         "last_loss": losses[-1],
     }
     if device.startswith("cuda"):
@@ -126,19 +138,27 @@ def bench(model_name: str, shards: str, batch_size: int, steps: int, warmup: int
 
 
 def format_result(r: dict) -> str:
-    head = (f"{r['model']} ({r['params_million']:.1f} M params), batch {r['batch_size']}, {r['precision']}, "
-            f"{r['device']}, {r['threads']} thread(s), {r['steps']} timed steps")
-    lines = [head,
-             f"  training: {r['samples_per_second']:.1f} samples/s ({r['seconds_per_step']:.3f} s/step)",
-             (f"  memory: peak RSS {r['peak_rss_mb']:.0f} MB (before building the model "
-              f"{r['rss_start_mb']:.0f} MB; after the warm-up steps {r['rss_before_mb']:.0f} MB)")]
+    head = (
+        f"{r['model']} ({r['params_million']:.1f} M params), batch {r['batch_size']}, {r['precision']}, "
+        f"{r['device']}, {r['threads']} thread(s), {r['steps']} timed steps"
+    )
+    lines = [
+        head,
+        f"  training: {r['samples_per_second']:.1f} samples/s ({r['seconds_per_step']:.3f} s/step)",
+        (
+            f"  memory: peak RSS {r['peak_rss_mb']:.0f} MB (before building the model "
+            f"{r['rss_start_mb']:.0f} MB; after the warm-up steps {r['rss_before_mb']:.0f} MB)"
+        ),
+    ]
     if "peak_cuda_mb" in r:
         lines.append(f"  CUDA peak allocated: {r['peak_cuda_mb']:.0f} MB")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m fgclep_plugin.bench_train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m fgclep_plugin.bench_train", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM")
     p.add_argument("--shards", default=DEFAULT_SHARDS)
     p.add_argument("--batch-size", type=int, default=32)
@@ -148,7 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = bench(args.model, args.shards, args.batch_size, args.steps, args.warmup, args.precision, args.device)
+    result = bench(
+        args.model, args.shards, args.batch_size, args.steps, args.warmup, args.precision, args.device
+    )
     print(format_result(result))
     return result
 

@@ -107,8 +107,14 @@ def _to_train_pair(preprocess: Callable | None, tokenizer: Callable) -> Callable
     return convert
 
 
-def get_ecg_wds_dataset(args, preprocess: Callable | None, is_train: bool, epoch: int = 0, floor: bool = False,
-                        tokenizer: Callable | None = None) -> DataInfo:
+def get_ecg_wds_dataset(
+    args,
+    preprocess: Callable | None,
+    is_train: bool,
+    epoch: int = 0,
+    floor: bool = False,
+    tokenizer: Callable | None = None,
+) -> DataInfo:
     """ECG counterpart of ``open_clip_train.data.get_wds_dataset`` (same arguments, same ``DataInfo``).
 
     Honours ``--train-data``/``--val-data`` URL forms (brace ranges, ``::`` sets, ``pipe:`` commands),
@@ -132,7 +138,8 @@ def get_ecg_wds_dataset(args, preprocess: Callable | None, is_train: bool, epoch
             if not num_samples:
                 raise RuntimeError(
                     f"Unknown number of training samples in {input_shards!r}: put a sizes.json beside the "
-                    "shards or pass --train-num-samples.")
+                    "shards or pass --train-num-samples."
+                )
     else:
         num_samples = args.val_num_samples or _size_or_zero(input_shards)
     shared_epoch = SharedEpoch(epoch=epoch)
@@ -140,30 +147,51 @@ def get_ecg_wds_dataset(args, preprocess: Callable | None, is_train: bool, epoch
         assert resampled, "--train-data-upsampling-factors needs --dataset-resampled."
 
     if resampled:
-        pipeline: list = [ResampledShards2(input_shards, weights=args.train_data_upsampling_factors,
-                                           deterministic=True, epoch=shared_epoch)]
+        pipeline: list = [
+            ResampledShards2(
+                input_shards,
+                weights=args.train_data_upsampling_factors,
+                deterministic=True,
+                epoch=shared_epoch,
+            )
+        ]
     else:
         pipeline = [wds.SimpleShardList(input_shards)]
     if is_train and not deterministic:
         if not resampled:
-            pipeline += [detshuffle2(bufsize=SHARD_SHUFFLE_SIZE, initial=SHARD_SHUFFLE_INITIAL, seed=args.seed,
-                                     epoch=shared_epoch),
-                         wds.split_by_node, wds.split_by_worker]
-        pipeline += [wds.tarfile_to_samples(handler=warn_and_continue),
-                     EpochSampleShuffle(SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL, args.seed, shared_epoch)]
+            pipeline += [
+                detshuffle2(
+                    bufsize=SHARD_SHUFFLE_SIZE,
+                    initial=SHARD_SHUFFLE_INITIAL,
+                    seed=args.seed,
+                    epoch=shared_epoch,
+                ),
+                wds.split_by_node,
+                wds.split_by_worker,
+            ]
+        pipeline += [
+            wds.tarfile_to_samples(handler=warn_and_continue),
+            EpochSampleShuffle(SAMPLE_SHUFFLE_SIZE, SAMPLE_SHUFFLE_INITIAL, args.seed, shared_epoch),
+        ]
     elif is_train:  # deterministic: every rank reads the whole stream in order and keeps its slice
-        pipeline += [wds.tarfile_to_samples(handler=warn_and_continue), rank_slice_of_global_batches(args.batch_size)]
+        pipeline += [
+            wds.tarfile_to_samples(handler=warn_and_continue),
+            rank_slice_of_global_batches(args.batch_size),
+        ]
     else:
         pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=warn_and_continue)]
-    pipeline += [wds.map(_to_train_pair(preprocess, tokenizer), handler=warn_and_continue),
-                 wds.batched(args.batch_size, partial=not is_train)]
+    pipeline += [
+        wds.map(_to_train_pair(preprocess, tokenizer), handler=warn_and_continue),
+        wds.batched(args.batch_size, partial=not is_train),
+    ]
     dataset = wds.DataPipeline(*pipeline)
 
     if is_train:
         if not resampled and not deterministic:
             assert num_shards >= args.workers * args.world_size, (
                 f"{num_shards} shard(s) in {input_shards!r} but {args.workers} worker(s) x {args.world_size} "
-                "process(es): every worker needs a shard (use --dataset-resampled or fewer workers)")
+                "process(es): every worker needs a shard (use --dataset-resampled or fewer workers)"
+            )
         round_fn = math.floor if floor else math.ceil
         global_batch_size = args.batch_size * args.world_size
         num_batches = round_fn(num_samples / global_batch_size)
@@ -175,8 +203,9 @@ def get_ecg_wds_dataset(args, preprocess: Callable | None, is_train: bool, epoch
     else:
         num_batches = math.ceil(num_samples / args.batch_size)
 
-    dataloader = wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=args.workers,
-                               persistent_workers=args.workers > 0)
+    dataloader = wds.WebLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=args.workers, persistent_workers=args.workers > 0
+    )
     dataloader.num_batches = num_batches
     dataloader.num_samples = num_samples
     return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)
@@ -194,8 +223,9 @@ def collate_labelled(samples: list) -> tuple[torch.Tensor, list]:
     return torch.stack([s[0] for s in samples]), [s[1] for s in samples]
 
 
-def get_ecg_labelled_loader(urls: str, preprocess: Callable | None, batch_size: int,
-                            label_fn: Callable[[dict], Any], workers: int = 0) -> wds.WebLoader:
+def get_ecg_labelled_loader(
+    urls: str, preprocess: Callable | None, batch_size: int, label_fn: Callable[[dict], Any], workers: int = 0
+) -> wds.WebLoader:
     """Ordered loader of ``(ecg batch, [label_fn(meta) per sample])`` over labelled shards (no shuffling)."""
 
     def convert(sample: dict) -> tuple[torch.Tensor, Any]:
@@ -203,9 +233,12 @@ def get_ecg_labelled_loader(urls: str, preprocess: Callable | None, batch_size: 
         return ecg_to_tensor(s["ecg"], preprocess), label_fn(s["meta"])
 
     dataset = wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.split_by_worker, wds.tarfile_to_samples(handler=warn_and_continue),
+        wds.SimpleShardList(urls),
+        wds.split_by_worker,
+        wds.tarfile_to_samples(handler=warn_and_continue),
         wds.map(convert, handler=warn_and_continue),
-        wds.batched(batch_size, partial=True, collation_fn=collate_labelled))
+        wds.batched(batch_size, partial=True, collation_fn=collate_labelled),
+    )
     return wds.WebLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
 
 
@@ -221,7 +254,9 @@ def get_ecg_data(args, preprocess_fns: tuple, epoch: int = 0, tokenizer: Callabl
         raise ValueError(f"--dataset-type {args.dataset_type}: the ECG pipeline reads WebDataset shards only")
     data = {}
     if args.train_data:
-        data["train"] = get_ecg_wds_dataset(args, preprocess_train, is_train=True, epoch=epoch, tokenizer=tokenizer)
+        data["train"] = get_ecg_wds_dataset(
+            args, preprocess_train, is_train=True, epoch=epoch, tokenizer=tokenizer
+        )
     if args.val_data:
         data["val"] = get_ecg_wds_dataset(args, preprocess_val, is_train=False, tokenizer=tokenizer)
     return data

@@ -41,37 +41,92 @@ def launch_command(args: argparse.Namespace, urls: dict[str, str]) -> list[str]:
         mode = ["--cpu", "--num_processes", "1"]
     else:
         mode = ["--multi_gpu", "--num_processes", str(args.processes)]
-    return [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fgclep_plugin.train",
-            "--model", args.model, "--train-data", urls["train"], "--train-num-samples", str(args.train_samples),
-            "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--lr", str(args.lr),
-            "--wd", "1e-4", "--warmup", str(args.warmup), "--workers", str(args.workers), "--device", "cpu",
-            "--precision", args.precision, "--seed", str(args.seed), "--logs", str(args.logs), "--name", args.name,
-            "--save-frequency", "0", "--report-to", "tensorboard", "--log-every-n-steps", "10",
-            "--ecg-zeroshot-data", urls["val"], "--ecg-zeroshot-label-key", "diagnoses",
-            "--zeroshot-frequency", "1", "--loss-log", str(Path(args.logs) / args.name / "losses"),
-            *args.extra]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *mode,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fgclep_plugin.train",
+        "--model",
+        args.model,
+        "--train-data",
+        urls["train"],
+        "--train-num-samples",
+        str(args.train_samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(args.lr),
+        "--wd",
+        "1e-4",
+        "--warmup",
+        str(args.warmup),
+        "--workers",
+        str(args.workers),
+        "--device",
+        "cpu",
+        "--precision",
+        args.precision,
+        "--seed",
+        str(args.seed),
+        "--logs",
+        str(args.logs),
+        "--name",
+        args.name,
+        "--save-frequency",
+        "0",
+        "--report-to",
+        "tensorboard",
+        "--log-every-n-steps",
+        "10",
+        "--ecg-zeroshot-data",
+        urls["val"],
+        "--ecg-zeroshot-label-key",
+        "diagnoses",
+        "--zeroshot-frequency",
+        "1",
+        "--loss-log",
+        str(Path(args.logs) / args.name / "losses"),
+        *args.extra,
+    ]
 
 
 def read_curve(run_dir: Path, steps_per_epoch: int) -> list[dict]:
     """(epoch, mean loss, AUC) rows from the run's loss log and open_clip's results.jsonl."""
     losses = [json.loads(line) for line in (run_dir / "losses-rank0.jsonl").read_text().splitlines()]
-    results = [json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()]
+    results = [
+        json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()
+    ]
     rows = []
     for i, r in enumerate(results):  # one line per epoch (--zeroshot-frequency 1)
         epoch = int(r.get("epoch", i + 1))
         chunk = [x for x in losses if (epoch - 1) * steps_per_epoch <= x["step"] < epoch * steps_per_epoch]
-        siglip, fnm = (sum(x[k] for x in chunk) / max(len(chunk), 1) for k in ("contrastive_loss", "fnm_loss"))
-        rows.append({"epoch": epoch, "loss": siglip + fnm, "siglip": siglip, "fnm": fnm,
-                     "auc": r["ecg-zeroshot-auc"]})
+        siglip, fnm = (
+            sum(x[k] for x in chunk) / max(len(chunk), 1) for k in ("contrastive_loss", "fnm_loss")
+        )
+        rows.append(
+            {"epoch": epoch, "loss": siglip + fnm, "siglip": siglip, "fnm": fnm, "auc": r["ecg-zeroshot-auc"]}
+        )
     return rows
 
 
 def format_curve(rows: list[dict]) -> str:
     lines = ["epoch   train loss (SigLIP + FNM)        zero-shot AUC"]
     for r in rows:
-        loss = "        -" if r.get("loss") is None else (
-            f"{r['loss']:9.4f} ({r['siglip']:.4f} + {r['fnm']:.4f})")
+        loss = (
+            "        -"
+            if r.get("loss") is None
+            else (f"{r['loss']:9.4f} ({r['siglip']:.4f} + {r['fnm']:.4f})")
+        )
         lines.append(f"{r['epoch']:5d}   {loss:<30s}   {r['auc']:.4f}")
     return "\n".join(lines)
 
@@ -114,7 +169,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--workers", type=int, default=1, help="dataloader workers")
-    p.add_argument("--precision", default="amp_bf16", help="open_clip precision (amp_bf16 is ~2x fp32 on CPU)")
+    p.add_argument(
+        "--precision", default="amp_bf16", help="open_clip precision (amp_bf16 is ~2x fp32 on CPU)"
+    )
     p.add_argument("--processes", type=int, default=1, help="accelerate processes (CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logs", default="runs")
@@ -131,15 +188,21 @@ def _main_from_args(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> None:
     """``fgclep demo``."""
-    p = subparsers.add_parser("demo", help="train the small model on synthetic ECGs and print the learning curve",
-                              description=__doc__)
+    p = subparsers.add_parser(
+        "demo",
+        help="train the small model on synthetic ECGs and print the learning curve",
+        description=__doc__,
+    )
     add_arguments(p)
     p.set_defaults(func=_main_from_args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fgclep_plugin.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m fgclep_plugin.demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     return _main_from_args(p.parse_args(argv))
 

@@ -67,12 +67,16 @@ def plot_ecg12(
     for r, row in enumerate(rows):
         base = height - ROW_MM * (r + 0.5) - 2.0
         # calibration pulse: 1 mV (10 mm) high, 0.2 s (5 mm) wide
-        ax.plot([0.5, 1.5, 1.5, 6.5, 6.5, 7.5], [base, base, base + GAIN_MM_MV, base + GAIN_MM_MV, base, base],
-                color="black", lw=0.8)
+        ax.plot(
+            [0.5, 1.5, 1.5, 6.5, 6.5, 7.5],
+            [base, base, base + GAIN_MM_MV, base + GAIN_MM_MV, base, base],
+            color="black",
+            lw=0.8,
+        )
         seg_len = n_seg if len(row) > 1 else round(seconds * fs)
         for c, name in enumerate(row):
             start = c * n_seg
-            x = np.asarray(signal[idx[name.lower()], start: start + seg_len], dtype=float)
+            x = np.asarray(signal[idx[name.lower()], start : start + seg_len], dtype=float)
             t_mm = CAL_MM + (start + np.arange(len(x))) / fs * SPEED_MM_S
             ax.plot(t_mm, base + x * GAIN_MM_MV, color="black", lw=0.6)
             ax.text(t_mm[0] + 1.0, base + 9.0, name, fontsize=7, ha="left", va="bottom")

@@ -49,10 +49,12 @@ def resolve_package_path(value: str) -> str:
     """
     if not isinstance(value, str) or not value.startswith(PKG_PREFIX):
         return value
-    package, _, sub = value[len(PKG_PREFIX):].partition("/")
+    package, _, sub = value[len(PKG_PREFIX) :].partition("/")
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model config needs the Python package {package!r} ({value}); pip install it")
+        raise FileNotFoundError(
+            f"model config needs the Python package {package!r} ({value}); pip install it"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / sub
     if not path.exists():
         raise FileNotFoundError(f"{value}: {path} does not exist in the installed package {package!r}")
@@ -83,7 +85,9 @@ def is_ecg_model(model: Any) -> bool:
 def _build_vision_tower(embed_dim: int, vision_cfg: Any, quick_gelu: bool = False, cast_dtype: Any = None):
     if is_ecg_vision_cfg(vision_cfg):
         return build_ecg_tower(embed_dim, vision_cfg)
-    return _ORIGINALS[("open_clip.model", "_build_vision_tower")](embed_dim, vision_cfg, quick_gelu, cast_dtype)
+    return _ORIGINALS[("open_clip.model", "_build_vision_tower")](
+        embed_dim, vision_cfg, quick_gelu, cast_dtype
+    )
 
 
 # Hook: open_clip.factory.get_model_config (and its re-export open_clip.get_model_config).
@@ -99,8 +103,9 @@ def _get_model_config(model_name: str):
 # open_clip builds torchvision image transforms from the tower's image preprocess config; for an ECG
 # model the (train, val) transforms are the ECG transforms described by the tower's vision_cfg instead.
 def _create_model_and_transforms(*args: Any, **kwargs: Any):
-    model, preprocess_train, preprocess_val = _ORIGINALS[("open_clip.factory", "create_model_and_transforms")](
-        *args, **kwargs)
+    model, preprocess_train, preprocess_val = _ORIGINALS[
+        ("open_clip.factory", "create_model_and_transforms")
+    ](*args, **kwargs)
     if is_ecg_model(model):
         preprocess_train, preprocess_val = ecg_transforms(model.visual.cfg)
     return model, preprocess_train, preprocess_val
@@ -212,8 +217,13 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     data = _EvalData(get_ecg_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer))
     if getattr(args, "ecg_zeroshot_data", None):
         classes = args.ecg_zeroshot_classes.split(",") if args.ecg_zeroshot_classes else None
-        data[DATA_KEY] = get_zero_shot_data(args.ecg_zeroshot_data, preprocess_fns[1], args.ecg_zeroshot_label_key,
-                                            batch_size=args.batch_size, class_names=classes)
+        data[DATA_KEY] = get_zero_shot_data(
+            args.ecg_zeroshot_data,
+            preprocess_fns[1],
+            args.ecg_zeroshot_label_key,
+            batch_size=args.batch_size,
+            class_names=classes,
+        )
     return data
 
 
@@ -229,7 +239,9 @@ class _LossRecorder:
         import json
 
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": self.step, **{k: float(v.detach()) for k, v in terms.items()}}) + "\n")
+            f.write(
+                json.dumps({"step": self.step, **{k: float(v.detach()) for k, v in terms.items()}}) + "\n"
+            )
         self.step += 1
         return out
 

@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from open_clip.loss import SigLipLoss, gather_features
 
 
-def fnm_loss(image_features: torch.Tensor, text_features: torch.Tensor,
-             all_text_features: torch.Tensor | None = None, detach_semantic: bool = True) -> torch.Tensor:
+def fnm_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    all_text_features: torch.Tensor | None = None,
+    detach_semantic: bool = True,
+) -> torch.Tensor:
     """False-negative mitigation term (FG-CLEP Eq. 6).
 
     Rows are the local ECGs ``e_i`` with their own reports ``t_i``; columns are the reports ``t_j`` of
@@ -54,8 +58,16 @@ class FgClepLoss(SigLipLoss):
     ``output_dict`` (open_clip's train loop sums the values and logs each) or their sum.
     """
 
-    def __init__(self, fnm_lambda: float = 0.5, detach_semantic: bool = True, fnm_global: bool = True,
-                 cache_labels: bool = False, rank: int = 0, world_size: int = 1, dist_impl: str | None = None):
+    def __init__(
+        self,
+        fnm_lambda: float = 0.5,
+        detach_semantic: bool = True,
+        fnm_global: bool = True,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        dist_impl: str | None = None,
+    ):
         super().__init__(cache_labels=cache_labels, rank=rank, world_size=world_size, dist_impl=dist_impl)
         if fnm_lambda < 0:
             raise ValueError(f"fnm_lambda must be >= 0, got {fnm_lambda}")
@@ -67,13 +79,26 @@ class FgClepLoss(SigLipLoss):
         """Unweighted FNM term on this rank (local rows; local or global columns per ``fnm_global``)."""
         all_text = None
         if self.fnm_global and self.world_size > 1:
-            _, all_text = gather_features(image_features, text_features, gather_with_grad=True,
-                                          rank=self.rank, world_size=self.world_size)
+            _, all_text = gather_features(
+                image_features,
+                text_features,
+                gather_with_grad=True,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
         return fnm_loss(image_features, text_features, all_text, detach_semantic=self.detach_semantic)
 
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
-                logit_bias: torch.Tensor | None, output_dict: bool = False):
-        contrastive = super().forward(image_features, text_features, logit_scale, logit_bias, output_dict=False)
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None,
+        output_dict: bool = False,
+    ):
+        contrastive = super().forward(
+            image_features, text_features, logit_scale, logit_bias, output_dict=False
+        )
         if self.fnm_lambda:
             weighted_fnm = self.fnm_lambda * self.fnm(image_features, text_features)
         else:

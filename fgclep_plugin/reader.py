@@ -31,7 +31,9 @@ def decode_npy(data: bytes, name: str = "") -> np.ndarray:
     """Decode an ``.npy`` payload (never unpickling) and check it is a canonical ``[12, 5000]`` ECG."""
     buf = io.BytesIO(data)
     version = np.lib.format.read_magic(buf)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    read_header = (
+        np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    )
     shape, fortran, dtype = read_header(buf)
     if dtype.hasobject:
         raise ValueError(f"{name}: object arrays cannot be loaded when allow_pickle=False")

@@ -163,8 +163,13 @@ def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
 class ResNet1d(nn.Module):
     """1D ResNet trunk: stem (conv k7 s2, BN, ReLU, maxpool k3 s2) and four stages. Returns [B, C, T]."""
 
-    def __init__(self, arch: str = "resnet1d50", in_channels: int = 12, width: int = 64,
-                 zero_init_residual: bool = True):
+    def __init__(
+        self,
+        arch: str = "resnet1d50",
+        in_channels: int = 12,
+        width: int = 64,
+        zero_init_residual: bool = True,
+    ):
         super().__init__()
         kind, depths = ARCHS[arch]
         block = BasicBlock1d if kind == "basic" else Bottleneck1d
@@ -177,7 +182,7 @@ class ResNet1d(nn.Module):
         stages = []
         in_ch = width
         for i, depth in enumerate(depths):
-            ch = width * 2 ** i
+            ch = width * 2**i
             blocks = []
             for j in range(depth):
                 blocks.append(block(in_ch, ch, stride=2 if (i > 0 and j == 0) else 1))
@@ -205,8 +210,12 @@ class ResNet1d(nn.Module):
         for stage in self.stages:
             if self.grad_checkpointing and torch.is_grad_enabled():
                 for blk in stage:
-                    x = checkpoint(blk, x, use_reentrant=False,
-                                   context_fn=lambda blk=blk: (nullcontext(), _bn_stats_frozen(blk)))
+                    x = checkpoint(
+                        blk,
+                        x,
+                        use_reentrant=False,
+                        context_fn=lambda blk=blk: (nullcontext(), _bn_stats_frozen(blk)),
+                    )
             else:
                 x = stage(x)
         return x
@@ -217,7 +226,9 @@ def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
     """Keep BatchNorm running statistics unchanged while a checkpointed block is recomputed in backward,
     so gradient checkpointing updates them once per step, exactly as without it."""
     bns = [m for m in module.modules() if isinstance(m, _BatchNorm)]
-    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns]
+    saved = [
+        (m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in bns
+    ]
     for m in bns:
         m.momentum = 0.0
     try:

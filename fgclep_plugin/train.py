@@ -18,32 +18,67 @@ from collections.abc import Sequence
 
 def plugin_parser() -> argparse.ArgumentParser:
     """The plugin's flags (everything else goes to open_clip_train)."""
-    p = argparse.ArgumentParser(prog="python -m fgclep_plugin.train", add_help=False, allow_abbrev=False,
-                                description="FG-CLEP flags; all other flags are open_clip_train's.")
+    p = argparse.ArgumentParser(
+        prog="python -m fgclep_plugin.train",
+        add_help=False,
+        allow_abbrev=False,
+        description="FG-CLEP flags; all other flags are open_clip_train's.",
+    )
     g = p.add_argument_group("FG-CLEP loss")
-    g.add_argument("--fnm-lambda", type=float, default=0.5, help="weight of the false-negative mitigation term")
-    g.add_argument("--fnm-detach", action=argparse.BooleanOptionalAction, default=True,
-                   help="treat the report similarity matrix S as a fixed target (default: on)")
-    g.add_argument("--fnm-global", action=argparse.BooleanOptionalAction, default=True,
-                   help="FNM of the local ECGs against the reports of the whole gathered batch in multi-process "
-                        "runs (default: on; the mean over processes then equals the one-process loss)")
-    g.add_argument("--init-logit-scale", type=float, default=None,
-                   help="initial log temperature (overrides the model config and --siglip)")
-    g.add_argument("--init-logit-bias", type=float, default=None,
-                   help="initial SigLIP bias (overrides the model config and --siglip's -10, which suits "
-                        "batches of ~10-30k; small batches train better from about log(1/batch))")
+    g.add_argument(
+        "--fnm-lambda", type=float, default=0.5, help="weight of the false-negative mitigation term"
+    )
+    g.add_argument(
+        "--fnm-detach",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="treat the report similarity matrix S as a fixed target (default: on)",
+    )
+    g.add_argument(
+        "--fnm-global",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="FNM of the local ECGs against the reports of the whole gathered batch in multi-process "
+        "runs (default: on; the mean over processes then equals the one-process loss)",
+    )
+    g.add_argument(
+        "--init-logit-scale",
+        type=float,
+        default=None,
+        help="initial log temperature (overrides the model config and --siglip)",
+    )
+    g.add_argument(
+        "--init-logit-bias",
+        type=float,
+        default=None,
+        help="initial SigLIP bias (overrides the model config and --siglip's -10, which suits "
+        "batches of ~10-30k; small batches train better from about log(1/batch))",
+    )
     g = p.add_argument_group("ECG data")
-    g.add_argument("--ecg-zeroshot-data", default=None,
-                   help="labelled shards for the ECG zero-shot AUC run every --zeroshot-frequency epochs")
-    g.add_argument("--ecg-zeroshot-label-key", default="diagnoses",
-                   help="key in a sample's json 'labels' holding its class names")
-    g.add_argument("--ecg-zeroshot-classes", default=None,
-                   help="comma-separated class names (default: every class found in the zero-shot set)")
-    g.add_argument("--ecg-deterministic-data", action="store_true",
-                   help="no shuffling or random crops; rank r gets the r-th slice of each global batch "
-                        "(N processes then see the same global batches as one)")
-    g.add_argument("--loss-log", default=None,
-                   help="append each step's loss terms of process r to <path>-rank<r>.jsonl")
+    g.add_argument(
+        "--ecg-zeroshot-data",
+        default=None,
+        help="labelled shards for the ECG zero-shot AUC run every --zeroshot-frequency epochs",
+    )
+    g.add_argument(
+        "--ecg-zeroshot-label-key",
+        default="diagnoses",
+        help="key in a sample's json 'labels' holding its class names",
+    )
+    g.add_argument(
+        "--ecg-zeroshot-classes",
+        default=None,
+        help="comma-separated class names (default: every class found in the zero-shot set)",
+    )
+    g.add_argument(
+        "--ecg-deterministic-data",
+        action="store_true",
+        help="no shuffling or random crops; rank r gets the r-th slice of each global batch "
+        "(N processes then see the same global batches as one)",
+    )
+    g.add_argument(
+        "--loss-log", default=None, help="append each step's loss terms of process r to <path>-rank<r>.jsonl"
+    )
     return p
 
 

@@ -27,7 +27,9 @@ class EcgTransform:
     def __init__(self, cfg: EcgTowerCfg, is_train: bool = False, source_fs: int = CANONICAL_FS):
         cfg.validate()
         if source_fs % cfg.sample_rate:
-            raise ValueError(f"model sample_rate {cfg.sample_rate} Hz must divide the source rate {source_fs} Hz")
+            raise ValueError(
+                f"model sample_rate {cfg.sample_rate} Hz must divide the source rate {source_fs} Hz"
+            )
         self.cfg = cfg
         self.is_train = is_train
         self.factor = source_fs // cfg.sample_rate
@@ -36,8 +38,10 @@ class EcgTransform:
         self.std = torch.tensor(cfg.std, dtype=torch.float32).reshape(-1, 1)
 
     def __repr__(self) -> str:
-        return (f"EcgTransform(train={self.is_train}, decimate={self.factor}, length={self.length}, "
-                f"norm={self.cfg.norm!r})")
+        return (
+            f"EcgTransform(train={self.is_train}, decimate={self.factor}, length={self.length}, "
+            f"norm={self.cfg.norm!r})"
+        )
 
     def __call__(self, ecg: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(ecg)) if not isinstance(ecg, torch.Tensor) else ecg
@@ -66,7 +70,7 @@ class EcgTransform:
             start = int(torch.randint(0, n - length + 1, ()).item())
         else:
             start = (n - length) // 2
-        return x[:, start:start + length]
+        return x[:, start : start + length]
 
 
 def ecg_transforms(vision_cfg: EcgTowerCfg | dict[str, Any]) -> tuple[EcgTransform, EcgTransform]:

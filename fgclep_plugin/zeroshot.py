@@ -30,6 +30,7 @@ ECG_TEMPLATES: tuple[str, ...] = (
 )
 """Prompt templates for class names (averaged per class by ``build_zero_shot_classifier``)."""
 
+
 def default_prompt_text(class_name: str) -> str:
     """Text a class name stands for in prompts: label codes such as ``atrial_fibrillation`` read as words."""
     return class_name.replace("_", " ")
@@ -54,8 +55,10 @@ def labels_from_meta(meta: dict[str, Any], key: str) -> list[str]:
         return [str(v) for v in value if str(v)]
     if isinstance(value, dict):
         return [str(k) for k, v in value.items() if v]
-    raise ValueError(f"record {meta.get('record_id', '?')}: labels[{key!r}] is {type(value).__name__}, "
-                     "expected a class name, a list of names or a {name: flag} dict")
+    raise ValueError(
+        f"record {meta.get('record_id', '?')}: labels[{key!r}] is {type(value).__name__}, "
+        "expected a class name, a list of names or a {name: flag} dict"
+    )
 
 
 def macro_auc(scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
@@ -110,10 +113,14 @@ def zero_shot_auc(
         if not names:
             raise ValueError("zero-shot set has no class labels")
         with autocast():
-            classifier = build_zero_shot_classifier(model, tokenizer=tokenizer,
-                                                    classnames=[prompt_text(n) for n in names],
-                                                    templates=list(templates), num_classes_per_batch=10,
-                                                    device=device)
+            classifier = build_zero_shot_classifier(
+                model,
+                tokenizer=tokenizer,
+                classnames=[prompt_text(n) for n in names],
+                templates=list(templates),
+                num_classes_per_batch=10,
+                device=device,
+            )
     finally:
         model.train(was_training)
     scores = (torch.cat(feats) @ classifier.float().cpu()).numpy()
@@ -137,17 +144,26 @@ class ZeroShotData:
     templates: Sequence[str] = ECG_TEMPLATES
 
 
-def get_zero_shot_data(urls: str, preprocess: Callable, label_key: str, batch_size: int = 64,
-                       class_names: Sequence[str] | None = None, workers: int = 0) -> ZeroShotData:
+def get_zero_shot_data(
+    urls: str,
+    preprocess: Callable,
+    label_key: str,
+    batch_size: int = 64,
+    class_names: Sequence[str] | None = None,
+    workers: int = 0,
+) -> ZeroShotData:
     """Loader of ``(ecg batch, labels)`` over labelled shards ``urls`` with labels from ``labels[label_key]``."""
     from .data import get_ecg_labelled_loader
 
-    loader = get_ecg_labelled_loader(urls, preprocess, batch_size, partial(labels_from_meta, key=label_key),
-                                     workers=workers)
+    loader = get_ecg_labelled_loader(
+        urls, preprocess, batch_size, partial(labels_from_meta, key=label_key), workers=workers
+    )
     return ZeroShotData(loader, list(class_names) if class_names else None)
 
 
-def ecg_zero_shot_eval(model, data: dict, epoch: int, args, tokenizer: Callable | None = None) -> dict[str, float]:
+def ecg_zero_shot_eval(
+    model, data: dict, epoch: int, args, tokenizer: Callable | None = None
+) -> dict[str, float]:
     """Drop-in for ``open_clip_train.train.zero_shot_eval``: ECG zero-shot AUC on ``data["ecg-zeroshot"]``.
 
     Runs when open_clip would run its ImageNet zero-shot (every ``--zeroshot-frequency`` epochs and at the
@@ -164,10 +180,22 @@ def ecg_zero_shot_eval(model, data: dict, epoch: int, args, tokenizer: Callable 
     tokenizer = tokenizer or get_tokenizer(args.model)
     device = torch.device(args.device)
     zs = data[DATA_KEY]
-    result = zero_shot_auc(model, tokenizer, zs.dataloader, class_names=zs.class_names, templates=zs.templates,
-                           device=device, autocast=get_autocast(args.precision, device_type=device.type),
-                           input_dtype=get_input_dtype(args.precision))
-    log.info("ECG zero-shot (epoch %d, %d samples): macro AUC %.4f; per class %s; skipped (one outcome) %s",
-             epoch, result["n_samples"], result["auc"],
-             {k: round(v, 4) for k, v in result["per_class"].items()}, result["skipped"])
+    result = zero_shot_auc(
+        model,
+        tokenizer,
+        zs.dataloader,
+        class_names=zs.class_names,
+        templates=zs.templates,
+        device=device,
+        autocast=get_autocast(args.precision, device_type=device.type),
+        input_dtype=get_input_dtype(args.precision),
+    )
+    log.info(
+        "ECG zero-shot (epoch %d, %d samples): macro AUC %.4f; per class %s; skipped (one outcome) %s",
+        epoch,
+        result["n_samples"],
+        result["auc"],
+        {k: round(v, 4) for k, v in result["per_class"].items()},
+        result["skipped"],
+    )
     return {"ecg-zeroshot-auc": result["auc"], "ecg-zeroshot-classes": float(len(result["per_class"]))}

@@ -32,14 +32,57 @@ GLOBAL_BATCH = 16
 
 def launch(tmp: Path, name: str, processes: int, *extra: str) -> subprocess.CompletedProcess:
     """Run the training entry point under ``accelerate launch`` on CPU; returns the finished process."""
-    mode = ["--cpu", "--num_processes", "1"] if processes == 1 else ["--multi_gpu", "--num_processes", str(processes)]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fgclep_plugin.train",
-           "--model", "FGCLEP-Tiny", "--train-data", LUDB_TRAIN, "--train-num-samples", str(2 * GLOBAL_BATCH),
-           "--batch-size", str(GLOBAL_BATCH // processes), "--workers", "0", "--epochs", "1", "--lr", "1e-3",
-           "--warmup", "1", "--device", "cpu", "--precision", "fp32", "--seed", "0",
-           "--logs", str(tmp), "--name", name, "--loss-log", str(tmp / f"{name}-loss"),
-           "--ecg-deterministic-data", "--lock-image", "--lock-image-freeze-bn-stats", *extra]
+    mode = (
+        ["--cpu", "--num_processes", "1"]
+        if processes == 1
+        else ["--multi_gpu", "--num_processes", str(processes)]
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *mode,
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fgclep_plugin.train",
+        "--model",
+        "FGCLEP-Tiny",
+        "--train-data",
+        LUDB_TRAIN,
+        "--train-num-samples",
+        str(2 * GLOBAL_BATCH),
+        "--batch-size",
+        str(GLOBAL_BATCH // processes),
+        "--workers",
+        "0",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--seed",
+        "0",
+        "--logs",
+        str(tmp),
+        "--name",
+        name,
+        "--loss-log",
+        str(tmp / f"{name}-loss"),
+        "--ecg-deterministic-data",
+        "--lock-image",
+        "--lock-image-freeze-bn-stats",
+        *extra,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(var, None)
@@ -55,8 +98,17 @@ def losses(tmp: Path, name: str, rank: int) -> list[dict]:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("accel1")
-    launch(tmp, "one", 1, "--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-label-key", "Rhythms",
-           "--zeroshot-frequency", "1")
+    launch(
+        tmp,
+        "one",
+        1,
+        "--ecg-zeroshot-data",
+        LUDB_TEST,
+        "--ecg-zeroshot-label-key",
+        "Rhythms",
+        "--zeroshot-frequency",
+        "1",
+    )
     return tmp
 
 
@@ -93,17 +145,36 @@ def test_two_processes_match_one_process_first_step_and_resume(one_process, tmp_
     assert "Running in distributed mode with multiple processes. Device: cpu" in proc.stderr + proc.stdout
     ranks = [losses(tmp_path, "two", r)[0] for r in (0, 1)]
     single = losses(one_process, "one", 0)[0]
-    assert ranks[0]["contrastive_loss"] != pytest.approx(ranks[1]["contrastive_loss"], rel=1e-3)  # different halves
+    assert ranks[0]["contrastive_loss"] != pytest.approx(
+        ranks[1]["contrastive_loss"], rel=1e-3
+    )  # different halves
     for term in ("contrastive_loss", "fnm_loss"):
         assert (ranks[0][term] + ranks[1][term]) / 2 == pytest.approx(single[term], rel=1e-5, abs=1e-6)
 
     ckpt = tmp_path / "two" / "checkpoints" / "epoch_1.pt"
     reload_matches_saved_state(ckpt)
-    proc = launch(tmp_path, "two", 2, "--epochs", "2", "--resume", "latest", "--ecg-zeroshot-data", LUDB_TEST,
-                  "--ecg-zeroshot-label-key", "Rhythms", "--zeroshot-frequency", "1")
+    proc = launch(
+        tmp_path,
+        "two",
+        2,
+        "--epochs",
+        "2",
+        "--resume",
+        "latest",
+        "--ecg-zeroshot-data",
+        LUDB_TEST,
+        "--ecg-zeroshot-label-key",
+        "Rhythms",
+        "--zeroshot-frequency",
+        "1",
+    )
     log = (tmp_path / "two" / "out.log").read_text()
     assert "=> resuming checkpoint" in log and "(epoch 1)" in log.split("=> resuming checkpoint")[-1]
-    assert torch.load(tmp_path / "two" / "checkpoints" / "epoch_2.pt", map_location="cpu",
-                      weights_only=True)["epoch"] == 2
+    assert (
+        torch.load(tmp_path / "two" / "checkpoints" / "epoch_2.pt", map_location="cpu", weights_only=True)[
+            "epoch"
+        ]
+        == 2
+    )
     metrics = json.loads((tmp_path / "two" / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
     assert 0.0 <= metrics["ecg-zeroshot-auc"] <= 1.0  # rank 0 evaluates while rank 1 waits at the barrier

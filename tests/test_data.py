@@ -87,7 +87,9 @@ def test_epochs_are_shuffled_differently_and_reproducibly(shard_dir):
     urls = str(shard_dir / "toy-{000000..000002}.tar")
     orders = []
     for _ in range(2):
-        info = get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
+        info = get_ecg_wds_dataset(
+            make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer
+        )
         orders.append([[i for b in epoch_batches(info, e) for i in b[0]] for e in (0, 1)])
     (e0, e1), (again0, again1) = orders
     assert sorted(e0) == sorted(e1) == list(range(N_SHARDS * PER_SHARD))
@@ -98,12 +100,15 @@ def test_epochs_are_shuffled_differently_and_reproducibly(shard_dir):
 @pytest.mark.parametrize("form", ["list", "brace", "pipe"])
 def test_url_forms(shard_dir, form):
     shards = [str(shard_dir / f"toy-{s:06d}.tar") for s in range(N_SHARDS)]
-    urls = {"list": "::".join(shards),
-            "brace": str(shard_dir / "toy-{000000..000001}.tar") + "::" + shards[2],
-            "pipe": "::".join(f"pipe:cat {s}" for s in shards)}[form]
+    urls = {
+        "list": "::".join(shards),
+        "brace": str(shard_dir / "toy-{000000..000001}.tar") + "::" + shards[2],
+        "pipe": "::".join(f"pipe:cat {s}" for s in shards),
+    }[form]
     extra = ["--train-num-samples", "24"] if form == "pipe" else []  # no sizes.json for a command
-    info = get_ecg_wds_dataset(make_args("--train-data", urls, *extra), first_value, True,
-                               tokenizer=number_tokenizer)
+    info = get_ecg_wds_dataset(
+        make_args("--train-data", urls, *extra), first_value, True, tokenizer=number_tokenizer
+    )
     assert sorted(i for b in epoch_batches(info, 0) for i in b[0]) == list(range(24))
 
 
@@ -185,8 +190,9 @@ def test_image_benchmark_flags_are_refused(shard_dir):
 
 
 def test_labelled_loader_keeps_order_and_labels(shard_dir):
-    loader = get_ecg_labelled_loader(str(shard_dir / "toy-000001.tar"), first_value, 3,
-                                     label_fn=lambda meta: meta["labels"]["parity"])
+    loader = get_ecg_labelled_loader(
+        str(shard_dir / "toy-000001.tar"), first_value, 3, label_fn=lambda meta: meta["labels"]["parity"]
+    )
     batches = list(loader)
     ids = [int(v) for ecg, _ in batches for v in ecg[:, 0]]
     labels = [lab for _, labs in batches for lab in labs]

@@ -27,6 +27,7 @@ def _features(n: int = 8, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, tor
 
 def _fnm_numpy(img: np.ndarray, txt: np.ndarray) -> float:
     """Eq. 6 written as loops over plain numpy vectors."""
+
     def cos(a: np.ndarray, b: np.ndarray) -> float:
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
@@ -65,7 +66,9 @@ def test_total_is_sigmoid_plus_weighted_fnm_and_dict_keys():
     fnm = _fnm_numpy(img.double().numpy(), txt.double().numpy())
     assert parts["contrastive_loss"].item() == pytest.approx(sig.item(), rel=1e-6)
     assert parts["fnm_loss"].item() == pytest.approx(0.5 * fnm, rel=1e-5)
-    assert loss(img, txt, scale, bias).item() == pytest.approx(sum(v.item() for v in parts.values()), rel=1e-6)
+    assert loss(img, txt, scale, bias).item() == pytest.approx(
+        sum(v.item() for v in parts.values()), rel=1e-6
+    )
 
 
 def test_detach_semantic_controls_gradient_through_target():
@@ -74,7 +77,7 @@ def test_detach_semantic_controls_gradient_through_target():
     fnm_loss(img, txt_d, detach_semantic=True).backward()
     # detached: same gradient as with S computed from a frozen copy of the report embeddings
     txt_ref = txt.clone().requires_grad_(True)
-    s = (F.normalize(txt, dim=-1) @ F.normalize(txt, dim=-1).T)
+    s = F.normalize(txt, dim=-1) @ F.normalize(txt, dim=-1).T
     (F.normalize(img, dim=-1) @ F.normalize(txt_ref, dim=-1).T - s).abs().mean().backward()
     assert torch.allclose(txt_d.grad, txt_ref.grad, atol=1e-7)
     txt_nd = txt.clone().requires_grad_(True)
@@ -90,8 +93,9 @@ def test_negative_lambda_rejected():
 def test_create_fgclep_loss_reads_args():
     from types import SimpleNamespace
 
-    args = SimpleNamespace(fnm_lambda=0.25, fnm_detach=False, fnm_global=False, rank=1, world_size=4,
-                           loss_dist_impl="gather")
+    args = SimpleNamespace(
+        fnm_lambda=0.25, fnm_detach=False, fnm_global=False, rank=1, world_size=4, loss_dist_impl="gather"
+    )
     loss = create_fgclep_loss(args)
     assert (loss.fnm_lambda, loss.detach_semantic, loss.fnm_global) == (0.25, False, False)
     assert (loss.rank, loss.world_size, loss.dist_impl) == (1, 4, "gather")
@@ -107,8 +111,14 @@ def test_gradients_reach_both_towers_and_logit_params(tiny_model_and_tokenizer):
     out = model(ecg, text)
     img, txt, scale, bias = out["image_features"], out["text_features"], out["logit_scale"], out["logit_bias"]
     FgClepLoss(fnm_lambda=0.5)(img, txt, scale, bias).backward()
-    for name in ("visual.trunk.stem.0.weight", "visual.proj.weight", "text.token_embedding.weight",
-                 "text.text_projection", "logit_scale", "logit_bias"):
+    for name in (
+        "visual.trunk.stem.0.weight",
+        "visual.proj.weight",
+        "text.token_embedding.weight",
+        "text.text_projection",
+        "logit_scale",
+        "logit_bias",
+    ):
         grad = model.get_parameter(name).grad
         assert grad is not None and grad.abs().sum() > 0, name
 
@@ -125,6 +135,7 @@ def tiny_model_and_tokenizer():
 
 
 # ---- multi-process: two gloo ranks, each with half of the global batch ---------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -143,13 +154,17 @@ def _rank_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     results = {}
     for impl in DIST_IMPLS:
         for fnm_global in (True, False):
-            li = img[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-            lt = txt[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-            loss = FgClepLoss(fnm_lambda=0.5, fnm_global=fnm_global, rank=rank, world_size=world, dist_impl=impl)
+            li = img[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+            lt = txt[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+            loss = FgClepLoss(
+                fnm_lambda=0.5, fnm_global=fnm_global, rank=rank, world_size=world, dist_impl=impl
+            )
             parts = loss(li, lt, scale, bias, output_dict=True)
             sum(parts.values()).backward()
             results[(impl, fnm_global)] = {k: v.item() for k, v in parts.items()} | {
-                "img_grad": li.grad, "txt_grad": lt.grad}
+                "img_grad": li.grad,
+                "txt_grad": lt.grad,
+            }
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -166,12 +181,16 @@ def test_two_process_loss_matches_single_process_global_batch(tmp_path):
     gi, gt = img.clone().requires_grad_(True), txt.clone().requires_grad_(True)
     full = FgClepLoss(fnm_lambda=0.5)(gi, gt, scale, bias, output_dict=True)
     sum(full.values()).backward()
-    local_fnm = np.mean([0.5 * fnm_loss(img[r * b:(r + 1) * b], txt[r * b:(r + 1) * b]).item() for r in range(world)])
+    local_fnm = np.mean(
+        [0.5 * fnm_loss(img[r * b : (r + 1) * b], txt[r * b : (r + 1) * b]).item() for r in range(world)]
+    )
 
     for impl in DIST_IMPLS:
         glob = [p[(impl, True)] for p in per_rank]
         # the mean over ranks of each term equals the single-process value on the global batch
-        assert np.mean([g["contrastive_loss"] for g in glob]) == pytest.approx(full["contrastive_loss"].item(), rel=1e-5)
+        assert np.mean([g["contrastive_loss"] for g in glob]) == pytest.approx(
+            full["contrastive_loss"].item(), rel=1e-5
+        )
         assert np.mean([g["fnm_loss"] for g in glob]) == pytest.approx(full["fnm_loss"].item(), rel=1e-5)
         # and the gradients (summed over ranks by autograd through the gathers) are world x the global ones,
         # i.e. after DDP's averaging they equal single-process gradients

@@ -20,8 +20,12 @@ from fgclep_plugin.hooks import config_dir, resolve_package_path
 from fgclep_plugin.tower import EcgTower
 from fgclep_plugin.transform import EcgTransform
 
-REPORTS = ["sinus rhythm. normal ecg.", "atrial fibrillation with rapid ventricular response",
-           "left bundle branch block", "sinus bradycardia. otherwise normal ecg"]
+REPORTS = [
+    "sinus rhythm. normal ecg.",
+    "atrial fibrillation with rapid ventricular response",
+    "left bundle branch block",
+    "sinus bradycardia. otherwise normal ecg",
+]
 
 
 def _ecgs(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -137,15 +141,24 @@ def test_paper_config_fields_and_ecg_tower():
         assert tower.eval()(torch.randn(2, 12, 5000)).shape == (2, 256)
 
 
-@pytest.mark.parametrize("first_import", ["import fgclep_plugin", "import fgclep_plugin.hooks",
-                                          "import fgclep_plugin.loss", "import open_clip; import fgclep_plugin"])
+@pytest.mark.parametrize(
+    "first_import",
+    [
+        "import fgclep_plugin",
+        "import fgclep_plugin.hooks",
+        "import fgclep_plugin.loss",
+        "import open_clip; import fgclep_plugin",
+    ],
+)
 def test_registration_does_not_depend_on_import_order(first_import):
     import subprocess
 
-    code = (f"{first_import}\nimport open_clip\n"
-            "assert 'FGCLEP-Tiny' in open_clip.list_models()\n"
-            "assert open_clip.model._build_vision_tower.__module__ == 'fgclep_plugin.hooks'\n"
-            "assert open_clip.create_model_and_transforms.__module__ == 'fgclep_plugin.hooks'\n")
+    code = (
+        f"{first_import}\nimport open_clip\n"
+        "assert 'FGCLEP-Tiny' in open_clip.list_models()\n"
+        "assert open_clip.model._build_vision_tower.__module__ == 'fgclep_plugin.hooks'\n"
+        "assert open_clip.create_model_and_transforms.__module__ == 'fgclep_plugin.hooks'\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

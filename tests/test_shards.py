@@ -128,7 +128,9 @@ def test_tar_walker_agrees_with_tarfile(tmp_path, fmt):
     from fgclep_plugin.reader import iter_tar
 
     path = tmp_path / "t.tar"
-    long = "d" * 110 + "/x.npy" if fmt == tarfile.USTAR_FORMAT else "dir/" + "x" * 120 + ".npy"  # prefix field
+    long = (
+        "d" * 110 + "/x.npy" if fmt == tarfile.USTAR_FORMAT else "dir/" + "x" * 120 + ".npy"
+    )  # prefix field
     names = ["a.txt", long, "b/c.json", "empty.txt"]
     with tarfile.open(path, "w", format=fmt) as tar:
         for i, name in enumerate(names):

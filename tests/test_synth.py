@@ -24,8 +24,12 @@ def test_lead_names_are_the_canonical_order():
 
 @pytest.mark.parametrize("rhythm", ["sinus", "af", "flutter", "paced"])
 def test_einthoven_law_holds_with_noise(rhythm):
-    spec = EcgSpec(rhythm=rhythm, qrs_type="paced" if rhythm == "paced" else "normal", n_pvc=1,
-                   noise=NoiseSpec(baseline_mv=0.3, muscle_mv=0.05, powerline_mv=0.05))
+    spec = EcgSpec(
+        rhythm=rhythm,
+        qrs_type="paced" if rhythm == "paced" else "normal",
+        n_pvc=1,
+        noise=NoiseSpec(baseline_mv=0.3, muscle_mv=0.05, powerline_mv=0.05),
+    )
     x, truth = render(spec, 3, with_clean=True)
     for sig in (x, truth["clean"]):
         sig = sig.astype(np.float64)
@@ -188,13 +192,19 @@ def test_source_rejects_unknown_split_and_is_picklable():
     with pytest.raises(ValueError, match="unknown synthetic split 'dev'"):
         SynthSource(split="dev")
     src = pickle.loads(pickle.dumps(SynthSource("test", 3, seed=2)))
-    assert [src.load(it).record_id for it in src.items()] == ["test-s2-000000", "test-s2-000001", "test-s2-000002"]
+    assert [src.load(it).record_id for it in src.items()] == [
+        "test-s2-000000",
+        "test-s2-000001",
+        "test-s2-000002",
+    ]
 
 
 def test_cli_writes_corpus(tmp_path, capsys):
     from fgclep_plugin.cli import main
 
-    assert main(["synth", "--out", str(tmp_path), "--train", "3", "--val", "2", "--test", "1", "--quiet"]) == 0
+    assert (
+        main(["synth", "--out", str(tmp_path), "--train", "3", "--val", "2", "--test", "1", "--quiet"]) == 0
+    )
     out = capsys.readouterr().out
     assert "train: 3 ECGs" in out and (tmp_path / "test" / "synth-test-000000.tar").exists()
 
@@ -231,7 +241,9 @@ def test_corpus_is_byte_identical_across_runs(tmp_path):
     for split in a:
         for k in range(2 if split == "train" else 1):
             name = f"synth-{split}-{k:06d}.tar"
-            assert (tmp_path / "a" / split / name).read_bytes() == (tmp_path / "b" / split / name).read_bytes()
+            assert (tmp_path / "a" / split / name).read_bytes() == (
+                tmp_path / "b" / split / name
+            ).read_bytes()
     ensure_synth_corpus(tmp_path / "c", sizes=sizes, seed=5, maxcount=4)
     other = (tmp_path / "c" / "test" / "synth-test-000000.tar").read_bytes()
     assert other != (tmp_path / "a" / "test" / "synth-test-000000.tar").read_bytes()

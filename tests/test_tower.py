@@ -18,8 +18,12 @@ from fgclep_plugin.transform import EcgTransform, ecg_transforms
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference_resnet1d import RefResNet1d50
 
-TV_RESNETS = {"resnet1d18": torchvision.models.resnet18, "resnet1d34": torchvision.models.resnet34,
-              "resnet1d50": torchvision.models.resnet50, "resnet1d101": torchvision.models.resnet101}
+TV_RESNETS = {
+    "resnet1d18": torchvision.models.resnet18,
+    "resnet1d34": torchvision.models.resnet34,
+    "resnet1d50": torchvision.models.resnet50,
+    "resnet1d101": torchvision.models.resnet101,
+}
 
 
 def _cfg(**kw) -> dict:
@@ -72,8 +76,9 @@ def test_resnet1d50_computes_the_same_function_as_the_reference():
         assert torch.allclose(bo.float(), br.float(), atol=1e-6)
 
 
-@pytest.mark.parametrize(("arch", "features"), [("resnet1d18", 64), ("resnet1d34", 64),
-                                                ("resnet1d50", 256), ("resnet1d101", 256)])
+@pytest.mark.parametrize(
+    ("arch", "features"), [("resnet1d18", 64), ("resnet1d34", 64), ("resnet1d50", 256), ("resnet1d101", 256)]
+)
 def test_output_shapes(arch, features):
     tower = build_ecg_tower(24, _cfg(arch=arch, width=8)).eval()
     x = torch.randn(3, 12, 1000)
@@ -106,7 +111,7 @@ def test_batch_has_no_cross_sample_effect_in_eval():
     x = torch.randn(4, 12, 800)
     with torch.no_grad():
         together = tower(x)
-        alone = torch.cat([tower(x[i:i + 1]) for i in range(4)])
+        alone = torch.cat([tower(x[i : i + 1]) for i in range(4)])
     assert torch.allclose(together, alone, atol=1e-5)
 
 
@@ -150,6 +155,7 @@ def test_grad_checkpointing_gives_same_gradients_and_bn_stats():
 
 
 # ---- transform --------------------------------------------------------------------------------------
+
 
 def test_transform_decimates_crops_and_standardises_per_lead():
     rng = np.random.default_rng(0)

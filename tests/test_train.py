@@ -30,8 +30,21 @@ def offline(monkeypatch):
 
 
 def test_plugin_flags_are_split_off_and_defaults_match_the_loss():
-    plugin, rest = split_argv(["--model", "FGCLEP-Tiny", "--fnm-lambda", "0.25", "--no-fnm-detach",
-                               "--ecg-zeroshot-data", "x.tar", "--batch-size", "4", "--init-logit-bias", "-5"])
+    plugin, rest = split_argv(
+        [
+            "--model",
+            "FGCLEP-Tiny",
+            "--fnm-lambda",
+            "0.25",
+            "--no-fnm-detach",
+            "--ecg-zeroshot-data",
+            "x.tar",
+            "--batch-size",
+            "4",
+            "--init-logit-bias",
+            "-5",
+        ]
+    )
     assert rest == ["--model", "FGCLEP-Tiny", "--batch-size", "4"]
     assert (plugin.fnm_lambda, plugin.fnm_detach, plugin.fnm_global) == (0.25, False, True)
     assert plugin.init_logit_bias == -5 and plugin.ecg_zeroshot_data == "x.tar"
@@ -41,36 +54,78 @@ def test_plugin_flags_are_split_off_and_defaults_match_the_loss():
 
 def test_hooks_are_installed_only_inside_the_context():
     register()
-    before = (oc_main.get_data, oc_main.create_loss, oc_train.zero_shot_eval,
-              torch.nn.parallel.DistributedDataParallel)
+    before = (
+        oc_main.get_data,
+        oc_main.create_loss,
+        oc_train.zero_shot_eval,
+        torch.nn.parallel.DistributedDataParallel,
+    )
     plugin, _ = split_argv([])
     with training_hooks(plugin):
         assert oc_main.get_data is not before[0] and oc_train.zero_shot_eval is not before[2]
         assert issubclass(torch.nn.parallel.DistributedDataParallel, before[3])
-    assert (oc_main.get_data, oc_main.create_loss, oc_train.zero_shot_eval,
-            torch.nn.parallel.DistributedDataParallel) == before
+    assert (
+        oc_main.get_data,
+        oc_main.create_loss,
+        oc_train.zero_shot_eval,
+        torch.nn.parallel.DistributedDataParallel,
+    ) == before
 
 
 def test_cpu_module_can_be_wrapped_in_ddp_the_way_open_clip_does(tmp_path):
     """open_clip passes device_ids=[cpu device]; plain DDP refuses that, the hooked class accepts it."""
-    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1
+    )
     try:
         plain = torch.nn.parallel.DistributedDataParallel
         with pytest.raises(ValueError, match="device_ids"):
             plain(torch.nn.Linear(2, 2), device_ids=[torch.device("cpu")])
         with training_hooks(split_argv([])[0]):
-            ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2), device_ids=[torch.device("cpu")])
+            ddp = torch.nn.parallel.DistributedDataParallel(
+                torch.nn.Linear(2, 2), device_ids=[torch.device("cpu")]
+            )
         assert ddp(torch.ones(1, 2)).shape == (1, 2)
     finally:
         torch.distributed.destroy_process_group()
 
 
 def train_argv(logs: Path, *extra: str) -> list[str]:
-    return ["--model", "FGCLEP-Tiny", "--train-data", LUDB_TRAIN, "--train-num-samples", "24",
-            "--batch-size", "8", "--workers", "0", "--lr", "1e-3", "--warmup", "1", "--device", "cpu",
-            "--precision", "fp32", "--logs", str(logs), "--name", "run", "--seed", "0",
-            "--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-label-key", "Rhythms", "--zeroshot-frequency", "1",
-            "--init-logit-bias", "-4", *extra]
+    return [
+        "--model",
+        "FGCLEP-Tiny",
+        "--train-data",
+        LUDB_TRAIN,
+        "--train-num-samples",
+        "24",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-3",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--logs",
+        str(logs),
+        "--name",
+        "run",
+        "--seed",
+        "0",
+        "--ecg-zeroshot-data",
+        LUDB_TEST,
+        "--ecg-zeroshot-label-key",
+        "Rhythms",
+        "--zeroshot-frequency",
+        "1",
+        "--init-logit-bias",
+        "-4",
+        *extra,
+    ]
 
 
 def embed(model, ecgs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +148,9 @@ def test_train_checkpoint_reload_and_resume_latest(tmp_path):
     assert 0.0 <= metrics[-1]["ecg-zeroshot-auc"] <= 1.0 and metrics[-1]["ecg-zeroshot-classes"] >= 2
 
     # reload through open_clip's own factory: same embeddings as the saved state dict
-    model, _, preprocess = open_clip.create_model_and_transforms("FGCLEP-Tiny", pretrained=str(ckpt_dir / "epoch_1.pt"))
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "FGCLEP-Tiny", pretrained=str(ckpt_dir / "epoch_1.pt")
+    )
     reference = open_clip.create_model("FGCLEP-Tiny")
     reference.load_state_dict(ckpt["state_dict"])
     samples = [s for _, s in zip(range(4), iter_samples(LUDB_TEST))]
@@ -116,7 +173,10 @@ def test_train_checkpoint_reload_and_resume_latest(tmp_path):
 
 
 def test_val_data_gives_open_clip_val_metrics(tmp_path):
-    assert main(train_argv(tmp_path, "--epochs", "1", "--val-data", LUDB_TEST, "--train-num-samples", "8")) is None
+    assert (
+        main(train_argv(tmp_path, "--epochs", "1", "--val-data", LUDB_TEST, "--train-num-samples", "8"))
+        is None
+    )
     metrics = json.loads((tmp_path / "run" / "checkpoints" / "results.jsonl").read_text().splitlines()[-1])
     assert metrics["num_samples"] == 50 and np.isfinite(metrics["clip_val_loss"])
     assert "ecg-zeroshot-auc" in metrics
@@ -124,7 +184,10 @@ def test_val_data_gives_open_clip_val_metrics(tmp_path):
 
 def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
     log_base = tmp_path / "losses"
-    assert main(train_argv(tmp_path, "--epochs", "1", "--loss-log", str(log_base), "--fnm-lambda", "0.25")) is None
+    assert (
+        main(train_argv(tmp_path, "--epochs", "1", "--loss-log", str(log_base), "--fnm-lambda", "0.25"))
+        is None
+    )
     rows = [json.loads(line) for line in Path(f"{log_base}-rank0.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert all(set(r) == {"step", "contrastive_loss", "fnm_loss"} and r["fnm_loss"] > 0 for r in rows)
@@ -143,8 +206,23 @@ def test_training_benchmark_runs_real_steps():
 
 
 def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
-    assert main(train_argv(tmp_path, "--epochs", "1", "--accum-freq", "2", "--grad-checkpointing",
-                           "--train-num-samples", "32", "--loss-log", str(tmp_path / "l"))) is None
+    assert (
+        main(
+            train_argv(
+                tmp_path,
+                "--epochs",
+                "1",
+                "--accum-freq",
+                "2",
+                "--grad-checkpointing",
+                "--train-num-samples",
+                "32",
+                "--loss-log",
+                str(tmp_path / "l"),
+            )
+        )
+        is None
+    )
     rows = [json.loads(line) for line in Path(f"{tmp_path / 'l'}-rank0.jsonl").read_text().splitlines()]
     assert len(rows) == 4  # 2 optimiser steps x 2 accumulated micro-batches, each with its loss
     assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").exists()
@@ -154,13 +232,37 @@ def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
 def test_demo_prints_a_curve_from_a_real_run(tmp_path, capsys):
     from fgclep_plugin import demo
 
-    assert demo.main(["--root", str(tmp_path / "synth"), "--model", "FGCLEP-Tiny", "--epochs", "2",
-                      "--train-samples", "64", "--batch-size", "16", "--lr", "1e-3", "--workers", "0",
-                      "--logs", str(tmp_path / "runs"), "--name", "d"]) == 0
+    assert (
+        demo.main(
+            [
+                "--root",
+                str(tmp_path / "synth"),
+                "--model",
+                "FGCLEP-Tiny",
+                "--epochs",
+                "2",
+                "--train-samples",
+                "64",
+                "--batch-size",
+                "16",
+                "--lr",
+                "1e-3",
+                "--workers",
+                "0",
+                "--logs",
+                str(tmp_path / "runs"),
+                "--name",
+                "d",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "runs" / "d" / "curve.json").read_text())
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert all(0 <= r["auc"] <= 1 for r in rows) and rows[1]["loss"] > 0
-    losses = [json.loads(line) for line in (tmp_path / "runs" / "d" / "losses-rank0.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line) for line in (tmp_path / "runs" / "d" / "losses-rank0.jsonl").read_text().splitlines()
+    ]
     assert len(losses) == 8
     assert rows[2]["siglip"] == pytest.approx(sum(x["contrastive_loss"] for x in losses[4:]) / 4)
     assert "zero-shot AUC" in capsys.readouterr().out

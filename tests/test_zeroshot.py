@@ -29,8 +29,16 @@ LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
 
 
 def test_labels_from_meta_forms_and_errors():
-    meta = {"record_id": "r7", "labels": {"dx": ["AF", "LBBB"], "rhythm": "Sinus rhythm", "flags": {"MI": 1, "NORM": 0},
-                                          "empty": [], "bad": 3}}
+    meta = {
+        "record_id": "r7",
+        "labels": {
+            "dx": ["AF", "LBBB"],
+            "rhythm": "Sinus rhythm",
+            "flags": {"MI": 1, "NORM": 0},
+            "empty": [],
+            "bad": 3,
+        },
+    }
     assert labels_from_meta(meta, "dx") == ["AF", "LBBB"]
     assert labels_from_meta(meta, "rhythm") == ["Sinus rhythm"]
     assert labels_from_meta(meta, "flags") == ["MI"]
@@ -96,7 +104,9 @@ def test_zero_shot_auc_matches_an_independent_computation_on_ludb():
         e = F.normalize(model.encode_image(ecgs), dim=-1)
         class_emb = []
         for n in names:
-            t = F.normalize(model.encode_text(tokenizer([tpl.format(n) for tpl in ECG_TEMPLATES])), dim=-1).mean(0)
+            t = F.normalize(
+                model.encode_text(tokenizer([tpl.format(n) for tpl in ECG_TEMPLATES])), dim=-1
+            ).mean(0)
             class_emb.append(F.normalize(t, dim=0))
         scores = (e @ torch.stack(class_emb).T).numpy()
     aucs = []
@@ -113,10 +123,16 @@ def test_training_hook_runs_on_open_clip_schedule():
     ecgs[:, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2]).float()
     labels = [[OracleModel.names[int(v)]] for v in ecgs[:, 0, 0]]
     data = {DATA_KEY: ZeroShotData([(ecgs, labels)])}
-    args = Namespace(zeroshot_frequency=2, epochs=5, model="unused", device="cpu", precision="fp32",
-                     distributed=False)
+    args = Namespace(
+        zeroshot_frequency=2, epochs=5, model="unused", device="cpu", precision="fp32", distributed=False
+    )
     assert ecg_zero_shot_eval(OracleModel(), data, 1, args, tokenizer=oracle_tokenizer) == {}
     assert ecg_zero_shot_eval(OracleModel(), data, 2, args, tokenizer=oracle_tokenizer) == {
-        "ecg-zeroshot-auc": 1.0, "ecg-zeroshot-classes": 3.0}
-    assert ecg_zero_shot_eval(OracleModel(), data, 5, args, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"] == 1.0
+        "ecg-zeroshot-auc": 1.0,
+        "ecg-zeroshot-classes": 3.0,
+    }
+    assert (
+        ecg_zero_shot_eval(OracleModel(), data, 5, args, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"]
+        == 1.0
+    )
     assert ecg_zero_shot_eval(OracleModel(), {}, 2, args, tokenizer=oracle_tokenizer) == {}

@@ -58,16 +58,26 @@ def plan_spec(diagnoses: list[str], rng: np.random.Generator) -> tuple[EcgSpec, 
     rr_q = u(0.8, 1.0)
     hr = float(np.clip(rng.normal(72.0, 9.0), 62.0, 97.0))
     s = EcgSpec(
-        hr_bpm=hr, rr_sd=u(0.004, 0.025), rsa=u(0.0, 0.05) * rr_q, resp_hz=u(0.15, 0.35),
-        pr_ms=float(np.clip(rng.normal(150.0, 15.0), 118.0, 195.0)), p_dur_ms=u(85.0, 110.0), p_amp=u(0.08, 0.15),
-        qrs_ms=float(np.clip(rng.normal(107.0, 6.0), 92.0, 118.0)), qrs_amp=u(1.0, 1.7),
-        axis_deg=float(np.clip(rng.normal(45.0, 22.0), -25.0, 85.0)), t_amp=u(0.28, 0.5), t_z=u(0.25, 0.55),
+        hr_bpm=hr,
+        rr_sd=u(0.004, 0.025),
+        rsa=u(0.0, 0.05) * rr_q,
+        resp_hz=u(0.15, 0.35),
+        pr_ms=float(np.clip(rng.normal(150.0, 15.0), 118.0, 195.0)),
+        p_dur_ms=u(85.0, 110.0),
+        p_amp=u(0.08, 0.15),
+        qrs_ms=float(np.clip(rng.normal(107.0, 6.0), 92.0, 118.0)),
+        qrs_amp=u(1.0, 1.7),
+        axis_deg=float(np.clip(rng.normal(45.0, 22.0), -25.0, 85.0)),
+        t_amp=u(0.28, 0.5),
+        t_z=u(0.25, 0.55),
     )
     s.t_axis_deg = float(np.clip(s.axis_deg + rng.normal(0.0, 8.0), 35.0, 70.0))
     qtc = float(np.clip(rng.normal(405.0, 15.0), 370.0, 440.0))  # Fridericia-corrected QT of a normal heart
     s.noise = NoiseSpec(
-        baseline_mv=u(0.0, 0.15), muscle_mv=0.0 if rng.random() < 0.4 else u(0.003, 0.025),
-        powerline_mv=0.0 if rng.random() < 0.5 else u(0.002, 0.02), powerline_hz=float(rng.choice([50.0, 60.0])),
+        baseline_mv=u(0.0, 0.15),
+        muscle_mv=0.0 if rng.random() < 0.4 else u(0.003, 0.025),
+        powerline_mv=0.0 if rng.random() < 0.5 else u(0.002, 0.02),
+        powerline_hz=float(rng.choice([50.0, 60.0])),
         white_mv=u(0.001, 0.005),
     )
     # Rhythm
@@ -219,9 +229,18 @@ def simulate_case(seed, fs: float = 500.0, seconds: float = 10.0, with_clean: bo
     signal, truth = render(spec, rng, fs=fs, seconds=seconds, with_clean=with_clean)
     features = label_features(truth, spec, planned)
     # an ectopy diagnosis stands only if an ectopic beat fell inside the 10 s
-    diagnoses = [d for d in diagnoses if not ((d == "pvcs" and truth["n_pvc"] == 0)
-                                              or (d == "pacs" and truth["n_pac"] == 0))]
+    diagnoses = [
+        d
+        for d in diagnoses
+        if not ((d == "pvcs" and truth["n_pvc"] == 0) or (d == "pacs" and truth["n_pac"] == 0))
+    ]
     if diagnoses == ["sinus_rhythm"]:
         diagnoses.append("normal_ecg")
-    return {"diagnoses": diagnoses, "spec": spec, "planned": sorted(planned), "features": features,
-            "signal": signal, "truth": truth}
+    return {
+        "diagnoses": diagnoses,
+        "spec": spec,
+        "planned": sorted(planned),
+        "features": features,
+        "signal": signal,
+        "truth": truth,
+    }

@@ -13,8 +13,9 @@ def run(args: argparse.Namespace) -> int:
     """Generate (or complete) the corpus and print one summary line per split."""
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     t0 = time.time()
-    summaries = generate_corpus(args.out, sizes, args.seed, args.workers, args.maxcount,
-                                progress=not args.quiet, log=None)
+    summaries = generate_corpus(
+        args.out, sizes, args.seed, args.workers, args.maxcount, progress=not args.quiet, log=None
+    )
     for split, s in summaries.items():
         print(f"{split:5s}: {s['written']} ECGs in {s['shards']} shard(s) -> {s['urls']}")
     print(f"done in {time.time() - t0:.1f} s")

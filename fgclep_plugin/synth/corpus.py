@@ -44,7 +44,9 @@ def generate_corpus(
         if n <= 0:
             continue
         source = SynthSource(split=split, n=int(n), seed=seed)
-        out[split] = write_shards(source, shard_pattern(root, split), maxcount, workers, progress=progress, log=log)
+        out[split] = write_shards(
+            source, shard_pattern(root, split), maxcount, workers, progress=progress, log=log
+        )
     return out
 
 

@@ -38,17 +38,21 @@ def _first_normal_case(seed: int) -> tuple[np.ndarray, str]:
     for i in range(1000):
         case = simulate_case([seed, i])
         if "normal_ecg" in case["diagnoses"] and case["spec"].noise.muscle_mv > 0:
-            report, _ = make_report(case["diagnoses"], case["features"], ecg_class(case["diagnoses"]),
-                                    np.random.default_rng(i))
+            report, _ = make_report(
+                case["diagnoses"], case["features"], ecg_class(case["diagnoses"]), np.random.default_rng(i)
+            )
             t = case["truth"]
-            desc = (f"synthetic #{i}: \"{report}\"  HR {t['hr_bpm']:.0f} bpm, PR {t['pr_ms']:.0f} ms, "
-                    f"QRS {t['qrs_ms']:.0f} ms, QT {t['qt_ms']:.0f} ms, axis {t['qrs_axis_deg']:.0f} deg")
+            desc = (
+                f'synthetic #{i}: "{report}"  HR {t["hr_bpm"]:.0f} bpm, PR {t["pr_ms"]:.0f} ms, '
+                f"QRS {t['qrs_ms']:.0f} ms, QT {t['qt_ms']:.0f} ms, axis {t['qrs_axis_deg']:.0f} deg"
+            )
             return case["signal"], desc
     raise RuntimeError("no normal synthetic case found")
 
 
-def make_figure(out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cases: int = 600,
-                seed: int = 2024) -> tuple[Path, str]:
+def make_figure(
+    out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cases: int = 600, seed: int = 2024
+) -> tuple[Path, str]:
     """Write ``synth_vs_ludb.png`` into ``out_dir``; returns (path, range table text)."""
     import matplotlib
 
@@ -63,32 +67,55 @@ def make_figure(out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cas
     w_mm, h_mm = paper_size_mm()
     ecg_h = 17.0 * h_mm / w_mm  # inches of one full-width ECG on equal-aspect paper
     fig = plt.figure(figsize=(17.0, 7.0 + 2 * ecg_h))
-    gs = fig.add_gridspec(4, 4, height_ratios=[3.0, 3.4, ecg_h, ecg_h], hspace=0.28, wspace=0.25,
-                          top=0.965, bottom=0.01, left=0.04, right=0.99)
+    gs = fig.add_gridspec(
+        4,
+        4,
+        height_ratios=[3.0, 3.4, ecg_h, ecg_h],
+        hspace=0.28,
+        wspace=0.25,
+        top=0.965,
+        bottom=0.01,
+        left=0.04,
+        right=0.99,
+    )
     for k, key in enumerate(INTERVALS):
         ax = fig.add_subplot(gs[0, k])
         lu = np.array([r[key] for r in ludb], dtype=float)
         sy = np.array([r[key] for r in synth], dtype=float)
         lo, hi = min(lu.min(), sy.min()), max(lu.max(), sy.max())
         bins = np.linspace(lo, hi, 25)
-        ax.hist(sy, bins=bins, density=True, alpha=0.5, color=SYNTH_COLOR, label=f"synthetic normal (n={len(sy)})")
+        ax.hist(
+            sy, bins=bins, density=True, alpha=0.5, color=SYNTH_COLOR, label=f"synthetic normal (n={len(sy)})"
+        )
         ax.hist(lu, bins=bins, density=True, alpha=0.5, color=LUDB_COLOR, label=f"LUDB normal (n={len(lu)})")
         ax.set_xlabel(LABELS[key])
         ax.set_yticks([])
         if k == 0:
             ax.legend(fontsize=8, loc="upper right")
-    panels = ((gs[1, :2], ("r_mv", "s_mv"), "QRS amplitudes: R (above 0) and S (below 0), mV"),
-              (gs[1, 2:], ("t_mv",), "T amplitude (mV)"))
+    panels = (
+        (gs[1, :2], ("r_mv", "s_mv"), "QRS amplitudes: R (above 0) and S (below 0), mV"),
+        (gs[1, 2:], ("t_mv",), "T amplitude (mV)"),
+    )
     for k, (cell, keys, name) in enumerate(panels):
         ax = fig.add_subplot(cell)
         x = np.arange(len(LEAD_NAMES))
         for key in keys:
-            for off, data, color, label in ((-0.17, ludb, LUDB_COLOR, "LUDB normal"),
-                                            (0.17, synth, SYNTH_COLOR, "synthetic normal")):
+            for off, data, color, label in (
+                (-0.17, ludb, LUDB_COLOR, "LUDB normal"),
+                (0.17, synth, SYNTH_COLOR, "synthetic normal"),
+            ):
                 vals = [np.array([r[key][n] for r in data], dtype=float) for n in LEAD_NAMES]
                 q = np.array([np.nanpercentile(v, [10, 50, 90]) for v in vals])
-                ax.errorbar(x + off, q[:, 1], yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]], fmt="o", ms=4,
-                            color=color, capsize=2, label=f"{label} (median, 10-90 %)" if key == keys[0] else None)
+                ax.errorbar(
+                    x + off,
+                    q[:, 1],
+                    yerr=[q[:, 1] - q[:, 0], q[:, 2] - q[:, 1]],
+                    fmt="o",
+                    ms=4,
+                    color=color,
+                    capsize=2,
+                    label=f"{label} (median, 10-90 %)" if key == keys[0] else None,
+                )
         ax.axhline(0.0, color="grey", lw=0.5)
         ax.set_xticks(x, LEAD_NAMES, fontsize=9)
         ax.set_title(name, fontsize=10)
@@ -103,8 +130,12 @@ def make_figure(out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cas
     ax = fig.add_subplot(gs[3, :])
     plot_ecg12(ssig, 500.0, LEAD_NAMES, ax=ax, title=desc)
     n_ok = sum(r["ok"] for r in rows)
-    fig.suptitle(f"Synthetic normal ECGs vs LUDB annotated normal records: {n_ok}/{len(rows)} quantities "
-                 "within LUDB's range", fontsize=13, y=0.985)
+    fig.suptitle(
+        f"Synthetic normal ECGs vs LUDB annotated normal records: {n_ok}/{len(rows)} quantities "
+        "within LUDB's range",
+        fontsize=13,
+        y=0.985,
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "synth_vs_ludb.png"
@@ -113,12 +144,23 @@ def make_figure(out_dir: str | Path, ludb_root: str | Path = LUDB_DEFAULT, n_cas
     return path, format_rows(rows)
 
 
-GALLERY = ("lbbb", "rbbb", "atrial_fibrillation", "atrial_flutter", "inferior_mi_acute", "anterior_mi_old",
-           "lvh", "paced_rhythm", "pvcs", "first_degree_av_block")
+GALLERY = (
+    "lbbb",
+    "rbbb",
+    "atrial_fibrillation",
+    "atrial_flutter",
+    "inferior_mi_acute",
+    "anterior_mi_old",
+    "lvh",
+    "paced_rhythm",
+    "pvcs",
+    "first_degree_av_block",
+)
 
 
-def make_gallery(out_dir: str | Path, diagnoses: tuple[str, ...] = GALLERY, seed: int = 31,
-                 max_cases: int = 5000) -> Path:
+def make_gallery(
+    out_dir: str | Path, diagnoses: tuple[str, ...] = GALLERY, seed: int = 31, max_cases: int = 5000
+) -> Path:
     """Write ``synth_examples.png``: one synthetic ECG per diagnosis, titled with its report and features."""
     import matplotlib
 
@@ -143,12 +185,17 @@ def make_gallery(out_dir: str | Path, diagnoses: tuple[str, ...] = GALLERY, seed
     fig, axes = plt.subplots(rows, cols, figsize=(2 * 9.0, rows * 9.0 * h_mm / w_mm + rows * 0.5))
     for ax, d in zip(np.ravel(axes), [d for d in diagnoses if d in found]):
         case = found[d]
-        report, _ = make_report(case["diagnoses"], case["features"], ecg_class(case["diagnoses"]),
-                                np.random.default_rng(0), p_mention=0.0)
-        plot_ecg12(case["signal"], 500.0, LEAD_NAMES, ax=ax, title=f"\"{report}\"")
+        report, _ = make_report(
+            case["diagnoses"],
+            case["features"],
+            ecg_class(case["diagnoses"]),
+            np.random.default_rng(0),
+            p_mention=0.0,
+        )
+        plot_ecg12(case["signal"], 500.0, LEAD_NAMES, ax=ax, title=f'"{report}"')
         feats = ", ".join(f for f in case["features"] if f != "sinus_p")
         ax.text(0.0, -0.02, f"features: {feats}", transform=ax.transAxes, fontsize=7, va="top", wrap=True)
-    for ax in np.ravel(axes)[len(found):]:
+    for ax in np.ravel(axes)[len(found) :]:
         ax.axis("off")
     fig.tight_layout()
     out_dir = Path(out_dir)

@@ -19,8 +19,13 @@ import numpy as np
 from .geometry import LEAD_NAMES
 
 FINDING_COLUMNS = (
-    "Conduction abnormalities", "Extrasystolies", "Hypertrophies", "Cardiac pacing", "Ischemia",
-    "Non-specific repolarization abnormalities", "Other states",
+    "Conduction abnormalities",
+    "Extrasystolies",
+    "Hypertrophies",
+    "Cardiac pacing",
+    "Ischemia",
+    "Non-specific repolarization abnormalities",
+    "Other states",
 )
 DIGITAL_UNITS_PER_MV = 1000.0
 _EXT = [n.lower() for n in LEAD_NAMES]
@@ -79,8 +84,14 @@ def measure_record(root: str | Path, rec_id: str) -> dict:
             t_off += [x[2] for x in w["t"] if 0 < x[0] - q[2] < 0.45 * fs]
         if q_on:
             on = min(q_on)
-            beats.append((on, max(q_off) - on, on - min(p_on) if p_on else np.nan,
-                          max(t_off) - on if t_off else np.nan))
+            beats.append(
+                (
+                    on,
+                    max(q_off) - on,
+                    on - min(p_on) if p_on else np.nan,
+                    max(t_off) - on if t_off else np.nan,
+                )
+            )
     b = np.array(beats, dtype=float)
     rr = np.diff(np.array(ref, dtype=float)) / fs
     amps = {}
@@ -88,13 +99,17 @@ def measure_record(root: str | Path, rec_id: str) -> dict:
         lead = sig[:, names.index(ext)]
         r, s, t = [], [], []
         for on, pk, off in waves[ext]["N"]:
-            base_v = lead[max(on - 5, 0): on + 1].mean()
-            seg = lead[on: off + 1] - base_v
+            base_v = lead[max(on - 5, 0) : on + 1].mean()
+            seg = lead[on : off + 1] - base_v
             r.append(max(seg.max(), 0.0))
             s.append(min(seg.min(), 0.0))
         for on, pk, off in waves[ext]["t"]:
-            t.append(lead[pk] - lead[max(on - 5, 0): on + 1].mean())
-        amps[ext] = (np.median(r) if r else np.nan, np.median(s) if s else np.nan, np.median(t) if t else np.nan)
+            t.append(lead[pk] - lead[max(on - 5, 0) : on + 1].mean())
+        amps[ext] = (
+            np.median(r) if r else np.nan,
+            np.median(s) if s else np.nan,
+            np.median(t) if t else np.nan,
+        )
     ms = 1000.0 / fs
     return {
         "id": rec_id,

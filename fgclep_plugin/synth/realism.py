@@ -27,12 +27,19 @@ def synthetic_normals(n_cases: int = 600, seed: int = 2024) -> list[dict]:
         if "normal_ecg" not in case["diagnoses"]:
             continue
         t = case["truth"]
-        out.append({
-            "id": f"synth-{i}", "hr_bpm": t["hr_bpm"], "pr_ms": t["pr_ms"], "qrs_ms": t["qrs_ms"],
-            "qt_ms": t["qt_ms"], "r_mv": dict(t["per_lead"]["r_mv"]), "t_mv": dict(t["per_lead"]["t_mv"]),
-            # most negative QRS deflection (Q or S), as LUDB's "S" below
-            "s_mv": {n: min(t["per_lead"]["q_mv"][n], t["per_lead"]["s_mv"][n]) for n in LEAD_NAMES},
-        })
+        out.append(
+            {
+                "id": f"synth-{i}",
+                "hr_bpm": t["hr_bpm"],
+                "pr_ms": t["pr_ms"],
+                "qrs_ms": t["qrs_ms"],
+                "qt_ms": t["qt_ms"],
+                "r_mv": dict(t["per_lead"]["r_mv"]),
+                "t_mv": dict(t["per_lead"]["t_mv"]),
+                # most negative QRS deflection (Q or S), as LUDB's "S" below
+                "s_mv": {n: min(t["per_lead"]["q_mv"][n], t["per_lead"]["s_mv"][n]) for n in LEAD_NAMES},
+            }
+        )
     return out
 
 
@@ -51,22 +58,38 @@ def compare_ranges(synth: list[dict], ludb: list[dict]) -> list[dict]:
         s10, s50, s90 = np.percentile(sy, [10, 50, 90])
         l10, l90 = np.percentile(lu, [10, 90])
         ok = bool(l10 <= s50 <= l90 and lo - pad <= s10 and s90 <= hi + pad)
-        rows.append({"quantity": key, "lead": "", "ludb": (lo, l10, float(np.median(lu)), l90, hi),
-                     "synth": (s10, s50, s90), "ok": ok})
+        rows.append(
+            {
+                "quantity": key,
+                "lead": "",
+                "ludb": (lo, l10, float(np.median(lu)), l90, hi),
+                "synth": (s10, s50, s90),
+                "ok": ok,
+            }
+        )
     for key in AMPLITUDES:
         for lead in LEAD_NAMES:
             lu, sy = _values(ludb, key, lead), _values(synth, key, lead)
             l5, l50, l95 = np.percentile(lu, [5, 50, 95])
             s10, s50, s90 = np.percentile(sy, [10, 50, 90])
             ok = bool(l5 - 0.1 <= s50 <= l95 + 0.1)
-            rows.append({"quantity": key, "lead": lead, "ludb": (lu.min(), l5, l50, l95, lu.max()),
-                         "synth": (s10, s50, s90), "ok": ok})
+            rows.append(
+                {
+                    "quantity": key,
+                    "lead": lead,
+                    "ludb": (lu.min(), l5, l50, l95, lu.max()),
+                    "synth": (s10, s50, s90),
+                    "ok": ok,
+                }
+            )
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
     """Comparison table as text."""
-    lines = [f"{'quantity':9s} {'lead':4s} {'LUDB min/p10|p5/median/p90|p95/max':>42s}   {'synth p10/median/p90':>22s}  ok"]
+    lines = [
+        f"{'quantity':9s} {'lead':4s} {'LUDB min/p10|p5/median/p90|p95/max':>42s}   {'synth p10/median/p90':>22s}  ok"
+    ]
     for r in rows:
         lu = "/".join(f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}" for v in r["ludb"])
         sy = "/".join(f"{v:.2f}" if abs(v) < 10 else f"{v:.0f}" for v in r["synth"])

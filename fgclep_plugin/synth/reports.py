@@ -33,8 +33,13 @@ def feature_wording(name: str, rng: np.random.Generator) -> str:
     return str(options[rng.integers(len(options))]).lower()
 
 
-def make_report(diagnoses: list[str], features: list[str], ecg_class: str, rng: np.random.Generator,
-                p_mention: float = 0.15) -> tuple[str, list[str]]:
+def make_report(
+    diagnoses: list[str],
+    features: list[str],
+    ecg_class: str,
+    rng: np.random.Generator,
+    p_mention: float = 0.15,
+) -> tuple[str, list[str]]:
     """Report text and the names of the features it mentions."""
     dx = [d for d in diagnoses if d != "normal_ecg"]
     dx.sort(key=lambda d: ORDER.index(DIAGNOSES[d]["group"]))

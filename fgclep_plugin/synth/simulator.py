@@ -140,7 +140,9 @@ def _qrs(kind: str, d: float, amp: float, axis: float) -> list[list[float]]:
         return [
             _comp(0.0, 0.10 * d, 0.0, 0.10 * d, 0.15 * amp, [0.7, 0.1, -0.6], "QRS"),
             _comp(0.05 * d, 0.22 * d, 0.0, 0.22 * d, 0.9 * amp, lat, "QRS"),
-            _comp(0.28 * d, 0.32 * d, 0.0, 0.40 * d, 0.8 * amp, [np.cos(a) * 0.9, np.sin(a) * 0.6, -1.0], "QRS"),
+            _comp(
+                0.28 * d, 0.32 * d, 0.0, 0.40 * d, 0.8 * amp, [np.cos(a) * 0.9, np.sin(a) * 0.6, -1.0], "QRS"
+            ),
         ]
     raise ValueError(f"unknown QRS type {kind!r}")
 
@@ -225,7 +227,7 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
         # (inverted: -0.15..-0.45 mV; flat: within +-0.04 mV on a pair of the territory's leads).
         leads = FLAT_T_LEADS[terr] if kind == "flat" else TERRITORY_LEADS[terr]
         lv = LEAD_VECTORS[[LEAD_INDEX[n] for n in leads]]
-        want = (-rng.uniform(0.15, 0.45) if kind == "inverted" else rng.uniform(-0.04, 0.04, size=len(leads)))
+        want = -rng.uniform(0.15, 0.45) if kind == "inverted" else rng.uniform(-0.04, 0.04, size=len(leads))
         delta = np.linalg.lstsq(lv, want - lv @ t_now, rcond=None)[0]
         t_now = t_now + delta
         if np.linalg.norm(delta) > 1e-9:
@@ -296,7 +298,9 @@ def measure_template(comps: np.ndarray, fs: float = 1000.0) -> dict:
     q_on = 0.0
     j = float((qrs[:, 0] + qrs[:, 1] + qrs[:, 2] + qrs[:, 3]).max())
     t_comps = comps[grp == GROUPS["T"]]
-    t_end = float((t_comps[:, 0] + t_comps[:, 1] + t_comps[:, 2] + t_comps[:, 3]).max()) if len(t_comps) else j
+    t_end = (
+        float((t_comps[:, 0] + t_comps[:, 1] + t_comps[:, 2] + t_comps[:, 3]).max()) if len(t_comps) else j
+    )
     pre = float(max(0.0, -(comps[:, 0].min()))) + 20.0
     n = int((pre + t_end + 200.0) * fs / 1000.0)
     shifted = comps.copy()
@@ -307,11 +311,11 @@ def measure_template(comps: np.ndarray, fs: float = 1000.0) -> dict:
     def s(ms: float) -> int:
         return round((pre + ms) * k)
 
-    qrs_seg = leads[:, s(q_on): s(j) + 1]
+    qrs_seg = leads[:, s(q_on) : s(j) + 1]
     r_mv = np.maximum(qrs_seg.max(1), 0.0)
     q_mv = np.zeros(12)
     q_ms = np.zeros(12)
-    early = leads[:, s(q_on): s(q_on + 10.0)]
+    early = leads[:, s(q_on) : s(q_on + 10.0)]
     for i in range(12):
         seg = qrs_seg[i]
         if early[i].sum() < 0 and seg.min() < -0.01:
@@ -323,16 +327,16 @@ def measure_template(comps: np.ndarray, fs: float = 1000.0) -> dict:
     q_end = np.round(q_ms * k).astype(int)
     s_mv = np.zeros(12)
     for i in range(12):
-        rest = qrs_seg[i, q_end[i]:]
+        rest = qrs_seg[i, q_end[i] :]
         if len(rest) and rest.max() > 0.01:
             first_r = int(np.argmax(rest > 0.01))
             s_mv[i] = min(0.0, rest[first_r:].min())
-    t_seg = leads[:, s(j + 20.0): s(t_end) + 1]
+    t_seg = leads[:, s(j + 20.0) : s(t_end) + 1]
     t_idx = np.abs(t_seg).argmax(1)
     t_mv = t_seg[np.arange(12), t_idx]
     p_comps = comps[grp == GROUPS["P"]]
     if len(p_comps):
-        p_seg = leads[:, s(p_comps[:, 0].min()): s(q_on)]
+        p_seg = leads[:, s(p_comps[:, 0].min()) : s(q_on)]
         p_mv = p_seg[np.arange(12), np.abs(p_seg).argmax(1)]
     else:
         p_mv = np.zeros(12)
@@ -369,7 +373,9 @@ class Beat:
     kind: str
 
 
-def beat_schedule(spec: EcgSpec, duration_ms: float, rng: np.random.Generator) -> tuple[list[Beat], np.ndarray]:
+def beat_schedule(
+    spec: EcgSpec, duration_ms: float, rng: np.random.Generator
+) -> tuple[list[Beat], np.ndarray]:
     """QRS onsets of every beat touching the record; also flutter wave times (empty unless flutter)."""
     rr = 60000.0 / spec.hr_bpm
     t = -rng.uniform(0.0, rr) - 150.0
@@ -406,14 +412,16 @@ def beat_schedule(spec: EcgSpec, duration_ms: float, rng: np.random.Generator) -
         prev = beats[i - 1].onset_ms
         beats[i] = Beat(prev + (beats[i].onset_ms - prev) * rng.uniform(0.55, 0.7), "V")
     # PACs: an early conducted beat that resets the sinus node (later beats shift earlier).
-    free = [i for i in inside if i not in set(pvc_at) and i - 1 not in set(pvc_at) and i + 1 not in set(pvc_at)]
+    free = [
+        i for i in inside if i not in set(pvc_at) and i - 1 not in set(pvc_at) and i + 1 not in set(pvc_at)
+    ]
     n_pac = min(spec.n_pac, len(free) // 2) if spec.rhythm == "sinus" else 0
     for i in sorted(rng.choice(free, size=n_pac, replace=False) if n_pac else []):
         prev = beats[i - 1].onset_ms
         new = prev + (beats[i].onset_ms - prev) * rng.uniform(0.65, 0.8)
         shift = new - beats[i].onset_ms
         beats[i] = Beat(new, "A")
-        for b in beats[i + 1:]:
+        for b in beats[i + 1 :]:
             b.onset_ms += shift
     return beats, flutter
 
@@ -423,8 +431,9 @@ def beat_schedule(spec: EcgSpec, duration_ms: float, rng: np.random.Generator) -
 # ----------------------------------------------------------------------------------------------------------
 
 
-def atrial_activity(spec: EcgSpec, flutter_times: np.ndarray, n: int, fs: float,
-                    rng: np.random.Generator) -> np.ndarray:
+def atrial_activity(
+    spec: EcgSpec, flutter_times: np.ndarray, n: int, fs: float, rng: np.random.Generator
+) -> np.ndarray:
     """Fibrillatory (AF) or sawtooth flutter waves as a dipole signal ``[3, n]``."""
     t = np.arange(n) / fs
     if spec.rhythm == "af":
@@ -467,8 +476,13 @@ def electrode_noise(noise: NoiseSpec, n: int, fs: float, rng: np.random.Generato
         out = np.zeros((9, n), dtype=np.float32)
     if noise.muscle_mv > 0 or noise.white_mv > 0:
         w = rng.standard_normal((9, n + 1), dtype=np.float32)
-        env = np.float32(noise.muscle_mv / np.sqrt(2.0)) * (1.0 + 0.8 * np.sin(
-            np.float32(2 * np.pi * rng.uniform(0.1, 0.5)) * t + np.float32(rng.uniform(0, 2 * np.pi))))
+        env = np.float32(noise.muscle_mv / np.sqrt(2.0)) * (
+            1.0
+            + 0.8
+            * np.sin(
+                np.float32(2 * np.pi * rng.uniform(0.1, 0.5)) * t + np.float32(rng.uniform(0, 2 * np.pi))
+            )
+        )
         # EMG: first difference of white noise (a high-pass, EMG sits above 20 Hz) with a slow envelope
         out += (w[:, 1:] - w[:, :-1]) * env + np.float32(noise.white_mv) * w[:, 1:]
     return out
@@ -478,8 +492,17 @@ def electrodes_to_leads(e: np.ndarray) -> np.ndarray:
     """The 12 standard leads from electrode potentials ``[9, n]`` (RA, LA, LL, V1..V6), as a cart forms them."""
     ra, la, ll = e[0], e[1], e[2]
     wct = (ra + la + ll) / 3.0
-    return np.stack([la - ra, ll - ra, ll - la, ra - 0.5 * (la + ll), la - 0.5 * (ra + ll),
-                     ll - 0.5 * (ra + la), *(e[3:] - wct)])
+    return np.stack(
+        [
+            la - ra,
+            ll - ra,
+            ll - la,
+            ra - 0.5 * (la + ll),
+            la - 0.5 * (ra + ll),
+            ll - 0.5 * (ra + la),
+            *(e[3:] - wct),
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -487,8 +510,9 @@ def electrodes_to_leads(e: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def render(spec: EcgSpec, seed, fs: float = 500.0, seconds: float = 10.0,
-           with_clean: bool = False) -> tuple[np.ndarray, dict]:
+def render(
+    spec: EcgSpec, seed, fs: float = 500.0, seconds: float = 10.0, with_clean: bool = False
+) -> tuple[np.ndarray, dict]:
     """Render one ECG: ``(signal [12, n] float32 mV, ground truth dict)``; deterministic in ``seed``.
 
     With ``with_clean`` the truth dict also holds ``"clean"``: the noise-free signal (for tests/verification).
@@ -508,8 +532,17 @@ def render(spec: EcgSpec, seed, fs: float = 500.0, seconds: float = 10.0,
         c = tmpl.copy()
         c[:, 0] += b.onset_ms + rng.normal(0.0, 0.8, len(c))
         resp = 1.0 + 0.04 * np.sin(2 * np.pi * spec.resp_hz * b.onset_ms / 1000.0 + resp_phase)
-        gain = np.array([1.0 + 0.04 * rng.normal(), resp * (1.0 + 0.025 * rng.normal()), 1.0,
-                         1.0 + 0.03 * rng.normal(), 1.0, 1.0, 1.0])
+        gain = np.array(
+            [
+                1.0 + 0.04 * rng.normal(),
+                resp * (1.0 + 0.025 * rng.normal()),
+                1.0,
+                1.0 + 0.03 * rng.normal(),
+                1.0,
+                1.0,
+                1.0,
+            ]
+        )
         c[:, 4] *= gain[c[:, 8].astype(int)]
         blocks.append(c)
     comps = np.vstack(blocks)
@@ -531,9 +564,21 @@ def ground_truth(spec: EcgSpec, dom: np.ndarray, beats: list[Beat], dur: float) 
     rr_mean = float(rr.mean()) if len(rr) else 60000.0 / spec.hr_bpm
     qt = m["qt_ms"]
     has_p = spec.rhythm in ("sinus", "paced")
-    per_lead = {k: {name: round(float(v), 4) for name, v in zip(LEAD_NAMES, m[k])}
-                for k in ("p_mv", "q_mv", "q_ms", "r_mv", "s_mv", "qrs_ptp_mv", "qrs_net_mv", "st_j_mv", "st60_mv",
-                      "t_mv")}
+    per_lead = {
+        k: {name: round(float(v), 4) for name, v in zip(LEAD_NAMES, m[k])}
+        for k in (
+            "p_mv",
+            "q_mv",
+            "q_ms",
+            "r_mv",
+            "s_mv",
+            "qrs_ptp_mv",
+            "qrs_net_mv",
+            "st_j_mv",
+            "st60_mv",
+            "t_mv",
+        )
+    }
     return {
         "hr_bpm": round(60000.0 / rr_mean, 2),
         "rr_mean_ms": round(rr_mean, 2),

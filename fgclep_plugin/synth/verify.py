@@ -37,14 +37,20 @@ def measure_with_neurokit(signal: np.ndarray, fs: float = 500.0) -> dict[str, fl
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cleaned = {name: nk.ecg_clean(signal[LEAD_INDEX[name]].astype(float), sampling_rate=fs)
-                   for name in dict.fromkeys(DELINEATED_LEADS + QRS_EXTRA_LEADS + R_PEAK_CANDIDATES)}
+        cleaned = {
+            name: nk.ecg_clean(signal[LEAD_INDEX[name]].astype(float), sampling_rate=fs)
+            for name in dict.fromkeys(DELINEATED_LEADS + QRS_EXTRA_LEADS + R_PEAK_CANDIDATES)
+        }
         # R peaks on the candidate lead with the most prominent upward QRS (lead II is biphasic in LAD)
         ref = max(R_PEAK_CANDIDATES, key=lambda n: np.percentile(cleaned[n], 99.5) - np.median(cleaned[n]))
         _, info = nk.ecg_peaks(cleaned[ref], sampling_rate=fs)
         r = np.asarray(info["ECG_R_Peaks"])
-        out = {"hr_bpm": float(60.0 * fs / np.mean(np.diff(r))) if len(r) > 1 else np.nan,
-               "pr_ms": np.nan, "qrs_ms": np.nan, "qt_ms": np.nan}
+        out = {
+            "hr_bpm": float(60.0 * fs / np.mean(np.diff(r))) if len(r) > 1 else np.nan,
+            "pr_ms": np.nan,
+            "qrs_ms": np.nan,
+            "qt_ms": np.nan,
+        }
         if len(r) < 3:
             return out
         p_on, r_on, r_off, t_off, q_on, q_off = [], [], [], [], [], []
@@ -95,8 +101,10 @@ def agreement_table(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per quantity: records compared, agreement rate within tolerance, mean and mean absolute difference."""
     table = {}
     groups = [(key, key, tol, None) for key, tol in TOLERANCES.items()]
-    groups += [("qrs_ms <120", "qrs_ms", TOLERANCES["qrs_ms"], lambda g: g < 120),
-               ("qrs_ms >=120", "qrs_ms", TOLERANCES["qrs_ms"], lambda g: g >= 120)]
+    groups += [
+        ("qrs_ms <120", "qrs_ms", TOLERANCES["qrs_ms"], lambda g: g < 120),
+        ("qrs_ms >=120", "qrs_ms", TOLERANCES["qrs_ms"], lambda g: g >= 120),
+    ]
     for label, key, tol, keep in groups:
         pairs = [r[key] for r in rows if r[key] is not None and (keep is None or keep(r[key][0]))]
         gen = np.array([p[0] for p in pairs])
@@ -116,12 +124,18 @@ def agreement_table(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
     """The agreement table as text."""
-    lines = [(f"{'quantity':12s} {'records':>7s} {'tolerance':>10s} {'agree':>7s} {'found':>7s} "
-             f"{'bias (nk-gen)':>14s} {'MAE':>7s}")]
+    lines = [
+        (
+            f"{'quantity':12s} {'records':>7s} {'tolerance':>10s} {'agree':>7s} {'found':>7s} "
+            f"{'bias (nk-gen)':>14s} {'MAE':>7s}"
+        )
+    ]
     for key, t in table.items():
         unit = "bpm" if key == "hr_bpm" else "ms"
-        lines.append(f"{key:12s} {t['n']:7d} {'+-' + format(t['tolerance'], 'g') + ' ' + unit:>10s} "
-                     f"{t['agree_rate']:7.1%} {t['delineated']:7.1%} {t['mean_diff']:14.1f} {t['mae']:7.1f}")
+        lines.append(
+            f"{key:12s} {t['n']:7d} {'+-' + format(t['tolerance'], 'g') + ' ' + unit:>10s} "
+            f"{t['agree_rate']:7.1%} {t['delineated']:7.1%} {t['mean_diff']:14.1f} {t['mae']:7.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -132,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args(argv)
     rows = compare(args.n, args.seed)
-    print(f"neurokit2 (R peaks on the most upright of {'/'.join(R_PEAK_CANDIDATES)}; 'prominence' delineation, "
-          f"PR/QT on {'+'.join(DELINEATED_LEADS)}, QRS on "
-          f"{'+'.join(DELINEATED_LEADS + QRS_EXTRA_LEADS)}) vs generator, {args.n} simulated records (with noise)")
+    print(
+        f"neurokit2 (R peaks on the most upright of {'/'.join(R_PEAK_CANDIDATES)}; 'prominence' delineation, "
+        f"PR/QT on {'+'.join(DELINEATED_LEADS)}, QRS on "
+        f"{'+'.join(DELINEATED_LEADS + QRS_EXTRA_LEADS)}) vs generator, {args.n} simulated records (with noise)"
+    )
     print(format_table(agreement_table(rows)))
     return 0
 
