@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import HelpFormatter
 from .ecg import canonicalize
 from .reader import iter_samples
 from .shards import write_shards
@@ -103,12 +104,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
             "bench-shards",
             help="benchmark shard streaming against per-record WFDB reading",
             description=__doc__,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         )
     )
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m fgclep_plugin.bench_shards", description=__doc__)
+    _parser = argparse.ArgumentParser(
+        prog="python -m fgclep_plugin.bench_shards", description=__doc__, formatter_class=HelpFormatter
+    )
     _add_args(_parser)
     raise SystemExit(run(_parser.parse_args()))

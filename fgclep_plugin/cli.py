@@ -17,8 +17,8 @@ SUBCOMMAND_MODULES = (
 )
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and epilogs printed as written."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every subcommand's help: defaults shown, descriptions and epilogs printed as written."""
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -73,7 +73,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         "Re-running the same command after an interruption completes the missing shards.",
         epilog="sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
         + source_options_help(),
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("source", choices=sorted(SOURCES), help="dataset reader")
     p.add_argument("--root", required=True, help="dataset folder (as downloaded from PhysioNet)")

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .cli import HelpFormatter
+
 DEFAULT_MODEL = "FGCLEP-ResNet1d18-MiniLM"
 
 
@@ -162,22 +164,22 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="data/synth", help="synthetic corpus folder")
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs")
     p.add_argument("--train-samples", type=int, default=1600, help="training samples per epoch")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32, help="batch size per process")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
     p.add_argument("--workers", type=int, default=1, help="dataloader workers")
     p.add_argument(
         "--precision", default="amp_bf16", help="open_clip precision (amp_bf16 is ~2x fp32 on CPU)"
     )
     p.add_argument("--processes", type=int, default=1, help="accelerate processes (CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--logs", default="runs")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--logs", default="runs", help="open_clip --logs folder (checkpoints, curve.json)")
     p.add_argument("--name", default=None, help="run name (default: demo-<model>-<epochs>ep-<seed>)")
     p.add_argument("--gen-workers", type=int, default=1, help="processes generating the synthetic corpus")
-    p.add_argument("extra", nargs="*", help="more flags for fgclep_plugin.train (after --)")
+    p.add_argument("extra", nargs="*", help="more flags for fgclep_plugin.train (after --)", default=[])
 
 
 def _main_from_args(args: argparse.Namespace) -> int:
@@ -192,6 +194,7 @@ def add_cli(subparsers) -> None:
         "demo",
         help="train the small model on synthetic ECGs and print the learning curve",
         description=__doc__,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     p.set_defaults(func=_main_from_args)
@@ -201,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m fgclep_plugin.demo",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_arguments(p)
     return _main_from_args(p.parse_args(argv))

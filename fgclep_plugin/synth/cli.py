@@ -6,6 +6,7 @@ import argparse
 import json
 import time
 
+from ..cli import HelpFormatter
 from .corpus import DEFAULT_MAXCOUNT, DEFAULT_ROOT, DEFAULT_SEED, DEFAULT_SIZES, generate_corpus
 
 
@@ -33,7 +34,7 @@ def add_cli(subparsers) -> None:
         description="Simulate 12-lead ECGs (cardiac dipole model, 500 Hz, 10 s, mV) with machine-style reports "
         "and ground-truth waveform features, and write them as train/val/test shards under OUT/<split>/. "
         "Deterministic in --seed; re-running completes a partial corpus.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--out", default=DEFAULT_ROOT, help="corpus folder")
     p.add_argument("--train", type=int, default=DEFAULT_SIZES["train"], help="training records")
