@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .cli import HelpFormatter
+from .train import accelerate_cpu_command
 
 DEFAULT_MODEL = "FGCLEP-ResNet1d18-MiniLM"
 
@@ -39,23 +40,8 @@ def untrained_auc(model_name: str, zeroshot_urls: str, label_key: str, seed: int
 
 def launch_command(args: argparse.Namespace, urls: dict[str, str]) -> list[str]:
     """``accelerate launch ... -m fgclep_plugin.train ...`` for the demo run."""
-    if args.processes == 1:
-        mode = ["--cpu", "--num_processes", "1"]
-    else:
-        mode = ["--multi_gpu", "--num_processes", str(args.processes)]
     return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *mode,
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fgclep_plugin.train",
+        *accelerate_cpu_command(args.processes),
         "--model",
         args.model,
         "--train-data",

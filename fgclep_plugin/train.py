@@ -82,6 +82,20 @@ def plugin_parser() -> argparse.ArgumentParser:
     return p
 
 
+def accelerate_cpu_command(processes: int = 1) -> list[str]:
+    """``python -m accelerate.commands.launch`` for ``processes`` CPU processes (gloo when more than one),
+    followed by ``-m fgclep_plugin.train``: append the training flags."""
+    mode = (
+        ["--cpu", "--num_processes", "1"]
+        if processes == 1
+        else ["--multi_gpu", "--num_processes", str(processes)]
+    )
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fgclep_plugin.train",
+    ]  # fmt: skip
+
+
 def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """(plugin flags, remaining open_clip_train argv)."""
     return plugin_parser().parse_known_args(list(argv))

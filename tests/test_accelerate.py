@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import open_clip
@@ -23,6 +22,7 @@ import torch
 import fgclep_plugin  # noqa: F401  (registers the FGCLEP model configs)
 from fgclep_plugin.hooks import register
 from fgclep_plugin.reader import iter_samples
+from fgclep_plugin.train import accelerate_cpu_command
 
 ROOT = Path(__file__).resolve().parents[1]
 LUDB_TRAIN = str(ROOT / "shards" / "ludb" / "ludb-train-{000000..000002}.tar")
@@ -32,24 +32,8 @@ GLOBAL_BATCH = 16
 
 def launch(tmp: Path, name: str, processes: int, *extra: str) -> subprocess.CompletedProcess:
     """Run the training entry point under ``accelerate launch`` on CPU; returns the finished process."""
-    mode = (
-        ["--cpu", "--num_processes", "1"]
-        if processes == 1
-        else ["--multi_gpu", "--num_processes", str(processes)]
-    )
     cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        *mode,
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fgclep_plugin.train",
+        *accelerate_cpu_command(processes),
         "--model",
         "FGCLEP-Tiny",
         "--train-data",
