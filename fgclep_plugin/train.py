@@ -12,8 +12,10 @@ Stage 3 is the same command with ``--pretrained <stage-1 checkpoint>`` and the a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 
 def plugin_parser() -> argparse.ArgumentParser:
@@ -114,8 +116,28 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     from .hooks import register, training_hooks
 
     register()
-    with training_hooks(plugin_args):
+    with training_hooks(plugin_args), _logging_restored():
         return oc_main.main(rest)
+
+
+@contextlib.contextmanager
+def _logging_restored() -> Iterator[None]:
+    """open_clip's ``setup_logging`` sets the root and every existing logger to INFO and adds a handler; undo
+    that when training returns, so in-process callers (tests, notebooks) do not inherit the chatter."""
+    manager = logging.root.manager
+    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for name, lg in list(manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+        logging.root.setLevel(root_level)
+        for handler in logging.root.handlers:
+            if handler not in root_handlers:
+                handler.close()  # open_clip's log-file handler
+        logging.root.handlers[:] = root_handlers
 
 
 if __name__ == "__main__":

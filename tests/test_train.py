@@ -136,7 +136,12 @@ def embed(model, ecgs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor
 
 def test_train_checkpoint_reload_and_resume_latest(tmp_path):
     """FGCLEP-Tiny on LUDB through open_clip_train: checkpoint -> pretrained= reload -> --resume latest."""
+    import logging
+
+    levels_before = (logging.root.level, len(logging.root.handlers), logging.getLogger("torch").level)
     assert main(train_argv(tmp_path, "--epochs", "1")) is None
+    # open_clip's setup_logging turned every logger to INFO; the entry point restores them on return
+    assert (logging.root.level, len(logging.root.handlers), logging.getLogger("torch").level) == levels_before
     ckpt_dir = tmp_path / "run" / "checkpoints"
     ckpt = torch.load(ckpt_dir / "epoch_1.pt", map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 1
