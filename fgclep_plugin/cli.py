@@ -13,6 +13,7 @@ from typing import Any
 SUBCOMMAND_MODULES = (
     "fgclep_plugin.synth.cli",
     "fgclep_plugin.demo",
+    "fgclep_plugin.inspect_shards",
     "fgclep_plugin.bench_shards",
 )
 
