@@ -13,10 +13,14 @@ one-process run with ``N`` times the batch size (used to compare distributed and
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,6 +83,17 @@ class EpochSampleShuffle(wds.PipelineStage):
         return _shuffle(src, self.bufsize, self.initial, rng)
 
 
+def resample_seed(seed: int) -> int:
+    """Base seed of ``--dataset-resampled`` shard draws for this (``--seed``, rank, dataloader worker).
+
+    ``ResampledShards2`` adds the epoch. open_clip's default falls back to ``rank * 1000 + worker`` without
+    dataloader workers, which ignores the epoch, so every epoch would draw the same shard sequence; the
+    bases here are spaced 10**6 apart so that ``base + epoch`` never repeats across ranks and workers.
+    """
+    rank, _, worker, _ = wds.utils.pytorch_worker_info()
+    return ((int(seed) * 100_003 + rank) * 1_009 + worker) * 1_000_000
+
+
 def rank_slice_of_global_batches(batch_size: int) -> Callable[[Iterable], Iterator]:
     """Stage for the deterministic mode: keep this (rank, worker)'s slice of each global batch.
 
@@ -134,7 +149,7 @@ def get_ecg_wds_dataset(
     if is_train:
         num_samples = args.train_num_samples
         if num_samples is None:
-            num_samples, _ = get_dataset_size(input_shards)
+            num_samples = dataset_size(input_shards)
             if not num_samples:
                 raise RuntimeError(
                     f"Unknown number of training samples in {input_shards!r}: put a sizes.json beside the "
@@ -152,6 +167,7 @@ def get_ecg_wds_dataset(
                 input_shards,
                 weights=args.train_data_upsampling_factors,
                 deterministic=True,
+                worker_seed=partial(resample_seed, args.seed),
                 epoch=shared_epoch,
             )
         ]
@@ -211,10 +227,39 @@ def get_ecg_wds_dataset(
     return DataInfo(dataloader=dataloader, shared_epoch=shared_epoch)
 
 
+def dataset_size(urls: str) -> int | None:
+    """Number of samples in ``urls`` from the ``sizes.json`` beside each shard (None if there is none).
+
+    Unlike ``open_clip_train.data.get_dataset_size``, which reads only the first shard's directory, every
+    directory of a ``::``-joined set is read. A shard missing from its directory's ``sizes.json`` raises
+    ``RuntimeError`` naming both. Without any ``sizes.json`` open_clip's lookup (``__len__`` file) decides.
+    """
+    shards = expand_urls(urls)[0]
+    by_dir: dict[str, dict | None] = {}
+    for shard in shards:
+        d = os.path.dirname(shard)
+        if d not in by_dir:
+            path = os.path.join(d, "sizes.json")
+            by_dir[d] = json.loads(Path(path).read_text()) if os.path.isfile(path) else None
+    if all(sizes is None for sizes in by_dir.values()):
+        return get_dataset_size(urls)[0]
+    total = 0
+    for shard in shards:
+        d = os.path.dirname(shard)
+        sizes, name = by_dir[d], os.path.basename(shard)
+        if sizes is None or name not in sizes:
+            raise RuntimeError(
+                f"shard {shard} is not listed in {os.path.join(d, 'sizes.json')}: regenerate sizes.json "
+                "or pass --train-num-samples"
+            )
+        total += int(sizes[name])
+    return total
+
+
 def _size_or_zero(shards: str) -> int:
     try:
-        return get_dataset_size(shards)[0] or 0
-    except (KeyError, OSError, ValueError):
+        return dataset_size(shards) or 0
+    except (KeyError, OSError, ValueError, RuntimeError):
         return 0
 
 

@@ -204,3 +204,41 @@ def test_unknown_training_size_is_a_clear_error(shard_dir):
     urls = "::".join(f"pipe:cat {shard_dir / f'toy-{s:06d}.tar'}" for s in range(N_SHARDS))
     with pytest.raises(RuntimeError, match="sizes.json beside the shards or pass --train-num-samples"):
         get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
+
+
+def resampled_shard_urls(info, epoch: int, n: int = 40) -> list[str]:
+    """The first ``n`` shards ``--dataset-resampled`` draws in ``epoch`` (the pipeline's first stage)."""
+    import itertools
+
+    info.set_epoch(epoch)
+    stage = info.dataloader.pipeline[0].dataset.pipeline[0]
+    return [s["url"] for s in itertools.islice(iter(stage), n)]
+
+
+def test_resampled_shards_differ_per_epoch_and_follow_seed_with_workers_0(shard_dir):
+    """open_clip's default resampling seed ignores the epoch without dataloader workers (rank*1000 + worker):
+    every epoch would draw the same shard sequence."""
+    urls = str(shard_dir / "toy-{000000..000002}.tar")
+
+    def draws(seed: str) -> tuple[list[str], list[str]]:
+        args = make_args("--train-data", urls, "--dataset-resampled", "--train-num-samples", "40", "--seed", seed)
+        info = get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
+        return resampled_shard_urls(info, 0), resampled_shard_urls(info, 1)
+
+    e0, e1 = draws("0")
+    assert len(set(e0)) == N_SHARDS and e0 != e1
+    assert draws("0") == (e0, e1)  # reproducible
+    assert draws("1")[0] != e0  # and seeded by --seed
+
+
+def test_sizes_json_of_each_directory_in_a_joined_set(shard_dir, tmp_path):
+    """``a/x-{..}.tar::b/y-{..}.tar``: each shard's size comes from the sizes.json beside it (open_clip reads
+    only the first shard's directory and fails with a bare KeyError on the second's shard names)."""
+    write_tar(tmp_path / "other-000000.tar", [numbered_sample(100 + j) for j in range(5)])
+    (tmp_path / "sizes.json").write_text(json.dumps({"other-000000.tar": 5}))
+    urls = str(shard_dir / "toy-{000000..000002}.tar") + "::" + str(tmp_path / "other-000000.tar")
+    info = get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
+    assert info.dataloader.num_batches == 8  # 24 + 5 = 29 samples -> ceil(29 / 4) batches (6 with 24)
+    (tmp_path / "sizes.json").write_text(json.dumps({"elsewhere.tar": 5}))
+    with pytest.raises(RuntimeError, match="other-000000.tar.*sizes.json"):
+        get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
