@@ -24,17 +24,20 @@ def fnm_loss(
 
     Rows are the local ECGs ``e_i`` with their own reports ``t_i``; columns are the reports ``t_j`` of
     ``all_text_features`` (defaults to ``text_features``). Returns ``mean_ij |cos(e_i, t_j) - cos(t_i, t_j)|``.
-    With ``detach_semantic`` the target ``S`` carries no gradient.
+    With ``detach_semantic`` the target ``S`` carries no gradient. Computed in float32, also under autocast.
     """
     columns = text_features if all_text_features is None else all_text_features
-    e = F.normalize(image_features, dim=-1)
-    t_rows = F.normalize(text_features, dim=-1)
-    t_cols = F.normalize(columns, dim=-1)
-    cross = e @ t_cols.T
-    semantic = t_rows @ t_cols.T
-    if detach_semantic:
-        semantic = semantic.detach()
-    return (cross - semantic).abs().mean()
+    # float32 even inside autocast (open_clip computes the loss under --precision amp/amp_bf16): the term is a
+    # small difference of two cosines, which half-precision matmuls would bury in rounding error
+    with torch.autocast(device_type=image_features.device.type, enabled=False):
+        e = F.normalize(image_features.float(), dim=-1)
+        t_rows = F.normalize(text_features.float(), dim=-1)
+        t_cols = F.normalize(columns.float(), dim=-1)
+        cross = e @ t_cols.T
+        semantic = t_rows @ t_cols.T
+        if detach_semantic:
+            semantic = semantic.detach()
+        return (cross - semantic).abs().mean()
 
 
 class FgClepLoss(SigLipLoss):

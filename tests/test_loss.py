@@ -56,6 +56,20 @@ def test_fnm_matches_independent_eq6():
     assert fnm_loss(img, txt).item() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fnm_is_computed_in_float32_under_autocast(dtype):
+    """open_clip computes the loss inside autocast (--precision amp / amp_bf16); FNM's |cos - S| is a small
+    difference of two cosines, so low-precision matmuls would swamp it (bf16: ~1e-3 relative error)."""
+    g = torch.Generator().manual_seed(4)
+    txt = torch.randn(32, 64, generator=g)
+    img = txt + 0.3 * torch.randn(32, 64, generator=g)  # trained-like: cosines close to the targets
+    expected = _fnm_numpy(img.double().numpy(), txt.double().numpy())
+    with torch.autocast("cpu", dtype=dtype):
+        value = fnm_loss(img, txt)
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_total_is_sigmoid_plus_weighted_fnm_and_dict_keys():
     img, txt = _features(seed=1)
     scale, bias = torch.tensor(10.0), torch.tensor(-5.0)
