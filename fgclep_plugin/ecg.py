@@ -4,16 +4,18 @@ Every converter ends in :func:`canonicalize`, so one definition of "an ECG" serv
 evaluation. The rules, in the order they are applied:
 
 1. **Leads by name.** Names are matched case-insensitively through :func:`canonical_lead_name`
-   (``i``, ``AVR``, ``lead_v1`` ...); positions are never trusted. Extra channels (Frank ``vx vy vz``) are
-   ignored. A missing limb lead is derived when two of I, II, III are present (Einthoven: II = I + III;
+   (``i``, ``AVR``, ``lead_v1`` ...); positions are never trusted. Extra channels (Frank ``vx vy vz``) and
+   inverted leads (Cabrera's ``-aVR``) are ignored. A missing limb lead is derived when two of I, II, III are present (Einthoven: II = I + III;
    aVR = -(I + II) / 2, aVL = I - II / 2, aVF = II - I / 2) and listed in ``meta["derived_leads"]``;
    a missing precordial lead rejects the record (``missing-lead``).
 2. **NaN repair.** Runs of NaN up to ``max_nan_gap_s`` long are linearly interpolated (``nan_repaired``
-   counts the samples); a longer run, or a lead that is all NaN, rejects the record (``nan-gap``).
+   counts the samples); a longer run, or a lead that is all NaN, rejects the record (``nan-gap``). Only the
+   part of a long record that is kept (the 10 s window of rule 4 plus 1 s of filter margin) is judged.
 3. **Resampling** to 500 Hz with a polyphase filter (``scipy.signal.resample_poly``) at the exact rational
    ratio.
 4. **Duration.** Longer records are cropped to 10 s from ``crop`` (``"start"``: the first 10 s, the default;
-   ``"center"``: the middle 10 s); the offset is kept in ``meta["crop_start_s"]``. Records shorter than
+   ``"center"``: the middle 10 s, starting on the nearest original sample); the offset is kept in
+   ``meta["crop_start_s"]``. Records shorter than
    ``min_seconds`` are rejected (``too-short``); records between ``min_seconds`` and 10 s are padded at the
    end with each lead's last value (``meta["padded_s"]``). ``meta["seconds_original"]`` keeps the true length.
 5. **Flat leads.** A lead whose peak-to-peak range is below ``flat_mv`` is listed in ``meta["flat_leads"]``;
@@ -44,6 +46,8 @@ _ALIASES = {"d1": "I", "d2": "II", "d3": "III", "di": "I", "dii": "II", "diii": 
 
 def canonical_lead_name(name: str) -> str | None:
     """Map a lead label as found in a file (``'avr'``, ``'AVR'``, ``'Lead I'``) to its canonical name, or None."""
+    if str(name).strip().startswith("-"):
+        return None  # an inverted lead (Cabrera's -aVR) is not the lead: never take it with the wrong sign
     s = re.sub(r"[\s_\-]+", "", str(name)).lower()
     s = s.removeprefix("lead")
     return _BY_LOWER.get(s) or _ALIASES.get(s)
@@ -150,24 +154,24 @@ def canonicalize(
     seconds = n_orig / float(rec.fs)
     if seconds < min_seconds:
         raise RejectError("too-short", f"{rid}: {seconds:.2f} s < minimum {min_seconds} s")
-    x, n_repaired = repair_nans(x, max(1, round(max_nan_gap_s * rec.fs)), rid)
+    max_gap = max(1, round(max_nan_gap_s * rec.fs))
 
-    # Crop before resampling when much longer (saves work), keeping a margin for the filter's edge.
+    # Crop before resampling when much longer (saves work), keeping a margin for the filter's edge. NaN runs
+    # are judged inside the cropped window only: a gap in a part of the record that is not kept rejects nothing.
     crop_start_s = 0.0
     if seconds > SECONDS:
-        if crop == "start":
-            crop_start_s = 0.0
-        elif crop == "center":
-            crop_start_s = (seconds - SECONDS) / 2
-        else:
+        if crop not in ("start", "center"):
             raise ValueError(f"crop must be 'start' or 'center', not {crop!r}")
+        a = 0 if crop == "start" else round((seconds - SECONDS) / 2 * rec.fs)
+        crop_start_s = a / float(rec.fs)  # the true start: a whole sample of the original record
         margin = int(rec.fs)  # 1 s either side
-        a = round(crop_start_s * rec.fs)
         lo, hi = max(0, a - margin), min(n_orig, a + int(np.ceil(SECONDS * rec.fs)) + margin)
-        x = resample(x[:, lo:hi], rec.fs)
+        x, n_repaired = repair_nans(x[:, lo:hi], max_gap, rid)
+        x = resample(x, rec.fs)
         off = round((a - lo) * FS / rec.fs)
         x = x[:, off : off + N_SAMPLES]
     else:
+        x, n_repaired = repair_nans(x, max_gap, rid)
         x = resample(x, rec.fs)
     padded = N_SAMPLES - x.shape[1]
     if padded > 0:

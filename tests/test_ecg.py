@@ -32,6 +32,8 @@ def _rec(sig, names, fs=FS, rid="r") -> EcgRecord:
         ("lead_ii", "II"),
         ("vx", None),
         ("MLII", None),
+        ("-aVR", None),
+        (" -avr", None),
     ],
 )
 def test_lead_aliases(name, canon):
@@ -163,3 +165,45 @@ def test_output_is_float16_canonical_shape():
     sig, names = _ludb()
     x, _ = canonicalize(_rec(sig, names))
     assert x.dtype == np.float16 and x.shape == (len(LEADS), N_SAMPLES)
+
+
+def test_inverted_lead_is_not_taken_as_the_lead():
+    """Cabrera displays store -aVR; read as aVR it would carry the wrong sign. It is ignored and aVR derived."""
+    sig, names = _ludb(4)
+    inverted = sig.copy()
+    inverted[3] = -sig[3]
+    x, meta = canonicalize(_rec(inverted, [("-aVR" if n == "avr" else n) for n in names]))
+    assert meta["derived_leads"] == ["aVR"]
+    ref, _ = canonicalize(_rec(sig, names))
+    tol = 2e-3 * (1 + np.abs(sig).max())
+    np.testing.assert_allclose(x[3].astype(np.float64), -(sig[0] + sig[1]) / 2, atol=tol)
+    assert _corr(x[3].astype(np.float64), ref[3].astype(np.float64)) > 0.99  # same sign as the true aVR
+
+
+def test_nan_gap_outside_the_kept_window_rejects_nothing():
+    sig, names = _ludb(6)
+    long = np.concatenate([sig, sig, sig], axis=1)  # 30 s
+    long[4, 12000:12500] = np.nan  # 1 s gap at 24-25 s: outside both the first and the middle 10 s (+1 s)
+    x, meta = canonicalize(_rec(long, names))
+    assert meta["nan_repaired"] == 0 and np.isfinite(x.astype(np.float32)).all()
+    np.testing.assert_allclose(x.astype(np.float32), sig.astype(np.float16).astype(np.float32), atol=1e-3)
+    _, meta = canonicalize(_rec(long, names), crop="center")
+    assert meta["crop_start_s"] == 10.0
+    inside = long.copy()
+    inside[4, 7000:7500] = np.nan  # 14-15 s: inside the middle window
+    canonicalize(_rec(inside, names))  # the first 10 s are clean
+    with pytest.raises(RejectError, match="nan-gap: test:r: lead aVL has a NaN run of 500 samples"):
+        canonicalize(_rec(inside, names), crop="center")
+
+
+@pytest.mark.parametrize("fs", [257, 360, 1000])
+def test_center_crop_start_is_the_true_offset(fs):
+    """``crop_start_s`` is where the kept window really starts, to a fraction of a sample, at any rate."""
+    f, n = 1.3, round(23.7 * fs)
+    t = np.arange(n) / fs
+    sig = np.stack([np.sin(2 * np.pi * f * t + k) for k in range(12)])
+    x, meta = canonicalize(_rec(sig, LEADS, fs=fs), crop="center")
+    tt = meta["crop_start_s"] + np.arange(N_SAMPLES) / FS
+    ref = np.stack([np.sin(2 * np.pi * f * tt + k) for k in range(12)])
+    assert abs(meta["crop_start_s"] - (n / fs - 10) / 2) <= 0.5 / fs
+    assert np.abs(x.astype(np.float64) - ref)[:, 50:-50].max() < 2e-3  # float16 rounding only
