@@ -212,17 +212,21 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     webdataset's own tar reader (open_clip's chokes on webdataset 1.x's end-of-shard marker); adds the
     labelled ECG zero-shot set of ``--ecg-zeroshot-data``."""
     from .data import get_ecg_data
-    from .zeroshot import DATA_KEY, get_zero_shot_data
+    from .zeroshot import DATA_KEY, get_zero_shot_data, load_prompt_map
 
     data = _EvalData(get_ecg_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer))
     if getattr(args, "ecg_zeroshot_data", None):
-        classes = args.ecg_zeroshot_classes.split(",") if args.ecg_zeroshot_classes else None
+        classes = None
+        if args.ecg_zeroshot_classes:
+            classes = [c.strip() for c in args.ecg_zeroshot_classes.split(",") if c.strip()]
+        prompt_file = getattr(args, "ecg_zeroshot_prompts", None)
         data[DATA_KEY] = get_zero_shot_data(
             args.ecg_zeroshot_data,
             preprocess_fns[1],
             args.ecg_zeroshot_label_key,
             batch_size=args.batch_size,
             class_names=classes,
+            prompts=load_prompt_map(prompt_file) if prompt_file else None,
         )
     return data
 

@@ -73,6 +73,12 @@ def plugin_parser() -> argparse.ArgumentParser:
         help="comma-separated class names (default: every class found in the zero-shot set)",
     )
     g.add_argument(
+        "--ecg-zeroshot-prompts",
+        default=None,
+        help="JSON file {class name: prompt text}, e.g. {\"STTC\": \"ST/T change\"}: label codes read as "
+        "words in the zero-shot prompts (unmapped names: underscores read as spaces)",
+    )
+    g.add_argument(
         "--ecg-deterministic-data",
         action="store_true",
         help="no shuffling or random crops; rank r gets the r-th slice of each global batch "

@@ -8,11 +8,13 @@ directly. Class prompt embeddings come from open_clip's ``build_zero_shot_classi
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +36,26 @@ ECG_TEMPLATES: tuple[str, ...] = (
 def default_prompt_text(class_name: str) -> str:
     """Text a class name stands for in prompts: label codes such as ``atrial_fibrillation`` read as words."""
     return class_name.replace("_", " ")
+
+
+def load_prompt_map(path: str | Path) -> dict[str, str]:
+    """``{class name: prompt text}`` from a JSON file (e.g. ``{"STTC": "ST/T change"}``).
+
+    Label codes such as PTB-XL's ``NORM``/``MI``/``STTC`` or SNOMED numbers mean nothing to a text tower; the
+    mapped text is what goes into the templates. Raises ``ValueError`` naming the file on bad content.
+    """
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"zero-shot prompt file {path}: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ValueError(f"zero-shot prompt file {path}: expected a JSON object {{class name: prompt text}}")
+    return {str(k): v for k, v in value.items()}
+
+
+def mapped_prompt_text(prompts: Mapping[str, str], class_name: str) -> str:
+    """``prompts[class_name]`` if mapped, else :func:`default_prompt_text`."""
+    return prompts.get(class_name) or default_prompt_text(class_name)
 
 
 DATA_KEY = "ecg-zeroshot"
@@ -142,6 +164,7 @@ class ZeroShotData:
     dataloader: Iterable
     class_names: list[str] | None = None
     templates: Sequence[str] = ECG_TEMPLATES
+    prompt_text: Callable[[str], str] = default_prompt_text
 
 
 def get_zero_shot_data(
@@ -151,14 +174,17 @@ def get_zero_shot_data(
     batch_size: int = 64,
     class_names: Sequence[str] | None = None,
     workers: int = 0,
+    prompts: Mapping[str, str] | None = None,
 ) -> ZeroShotData:
-    """Loader of ``(ecg batch, labels)`` over labelled shards ``urls`` with labels from ``labels[label_key]``."""
+    """Loader of ``(ecg batch, labels)`` over labelled shards ``urls`` with labels from ``labels[label_key]``;
+    ``prompts`` maps class names to the text put into the templates (others: :func:`default_prompt_text`)."""
     from .data import get_ecg_labelled_loader
 
     loader = get_ecg_labelled_loader(
         urls, preprocess, batch_size, partial(labels_from_meta, key=label_key), workers=workers
     )
-    return ZeroShotData(loader, list(class_names) if class_names else None)
+    prompt_text = partial(mapped_prompt_text, dict(prompts)) if prompts else default_prompt_text
+    return ZeroShotData(loader, list(class_names) if class_names else None, prompt_text=prompt_text)
 
 
 def ecg_zero_shot_eval(
@@ -186,6 +212,7 @@ def ecg_zero_shot_eval(
         zs.dataloader,
         class_names=zs.class_names,
         templates=zs.templates,
+        prompt_text=zs.prompt_text,
         device=device,
         autocast=get_autocast(args.precision, device_type=device.type),
         input_dtype=get_input_dtype(args.precision),

@@ -136,3 +136,45 @@ def test_training_hook_runs_on_open_clip_schedule():
         == 1.0
     )
     assert ecg_zero_shot_eval(OracleModel(), {}, 2, args, tokenizer=oracle_tokenizer) == {}
+
+
+def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
+    """Label codes (PTB-XL's NORM/MI/STTC, SNOMED numbers) mean nothing to a text tower: ``--ecg-zeroshot-prompts``
+    maps each code to the words put into the templates, through the training hook."""
+    import json
+
+    from fgclep_plugin.hooks import _hook_get_data
+    from fgclep_plugin.train import split_argv
+
+    codes = {"a1": "alpha", "b2": "beta", "c3": "gamma"}
+    prompt_file = tmp_path / "prompts.json"
+    prompt_file.write_text(json.dumps(codes))
+    plugin, _ = split_argv(
+        [
+            "--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-prompts", str(prompt_file),
+            "--ecg-zeroshot-classes", "b2, c3",
+        ]
+    )  # fmt: skip
+    args = Namespace(**vars(plugin), train_data=None, val_data=None, batch_size=4, dataset_type="auto")
+    zs = _hook_get_data(args, (None, None))[DATA_KEY]
+    assert zs.class_names == ["b2", "c3"]  # spaces after commas are not part of the names
+    assert [zs.prompt_text(c) for c in ("a1", "c3", "Sinus_rhythm")] == ["alpha", "gamma", "Sinus rhythm"]
+
+    ecgs = torch.zeros(6, 12, 10)
+    ecgs[:, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2]).float()
+    labels = [[list(codes)[int(v)]] for v in ecgs[:, 0, 0]]
+    data = {DATA_KEY: ZeroShotData([(ecgs, labels)], prompt_text=zs.prompt_text)}
+    run = Namespace(zeroshot_frequency=1, epochs=1, model="unused", device="cpu", precision="fp32")
+    assert ecg_zero_shot_eval(OracleModel(), data, 1, run, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"] == 1.0
+
+
+def test_prompt_file_errors_name_the_file(tmp_path):
+    from fgclep_plugin.zeroshot import load_prompt_map
+
+    bad = tmp_path / "p.json"
+    bad.write_text('["NORM"]')
+    with pytest.raises(ValueError, match=r"p\.json.*class name.*prompt text"):
+        load_prompt_map(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"p\.json"):
+        load_prompt_map(bad)
