@@ -13,6 +13,7 @@ reads it), ``NAME.rejects.jsonl`` (one line per rejected record: item, reason, m
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -22,8 +23,9 @@ import re
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +59,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@contextmanager
+def exclusive_lock(path: str | Path, what: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (waiting, with a message, while another process holds it).
+
+    Two conversions into the same shard set (or two ``ensure_synth_corpus`` calls) then run one after the
+    other: the second finds the shards complete instead of deleting the first one's temporary files.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks on this platform
+        yield
+        return
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"waiting for another process writing {what} ...")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
@@ -84,13 +111,20 @@ def _json_default(o: Any) -> Any:
 
 
 def sample_from_record(
-    rec: EcgRecord, canon_opts: dict[str, Any] | None = None
+    rec: EcgRecord, canon_opts: dict[str, Any] | None = None, require_text: bool = True
 ) -> tuple[str, dict[str, bytes]]:
-    """Canonicalise a record and encode it as a shard sample; raises RejectError."""
-    ecg, canon_meta = canonicalize(rec, **(canon_opts or {}))
+    """Canonicalise a record and encode it as a shard sample; raises RejectError naming the record's file.
+
+    ``require_text=False`` keeps records without a report (an empty ``txt``), for label-only sets (CODE-15).
+    """
+    where = f" ({rec.meta['file']})" if rec.meta.get("file") else ""
+    try:
+        ecg, canon_meta = canonicalize(rec, **(canon_opts or {}))
+    except RejectError as e:
+        raise RejectError(e.reason, f"{e.message}{where}") from None
     text = " ".join(rec.report.split())
-    if not text:
-        raise RejectError("empty-report", f"{rec.source}:{rec.record_id} has no report text")
+    if not text and require_text:
+        raise RejectError("empty-report", f"{rec.source}:{rec.record_id} has no report text{where}")
     meta = {
         "source": rec.source,
         "record_id": rec.record_id,
@@ -133,12 +167,13 @@ def write_one_shard(
     """Convert ``items`` into the tar ``shard_path`` (atomically); returns and saves {count, rejects, keys}."""
     tmp = Path(shard_path).with_name(f".{Path(shard_path).name}.tmp-{os.getpid()}")
     rejects, keys, seen = [], [], set()
+    require_text = bool(getattr(source, "require_report", True))
     with open(tmp, "wb") as f:
         with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for item in items:
                 try:
                     rec = source.load(item)
-                    key, members = sample_from_record(rec, canon_opts)
+                    key, members = sample_from_record(rec, canon_opts, require_text)
                     if key in seen:
                         raise RejectError("duplicate-key", f"{item}: key {key} already in this shard")
                     seen.add(key)
@@ -197,66 +232,71 @@ def write_shards(
     state_dir = out_dir / STATE_DIR
     state_dir.mkdir(exist_ok=True)
     name = re.sub(r"-?%0?\d*d.*$", "", Path(out).name) or "shard"
-    for stale in out_dir.glob(f".{name}*.tmp-*"):
-        stale.unlink()  # partial shards of an interrupted run: never visible under a final name
+    with exclusive_lock(state_dir / f"{name}.lock", f"shards '{name}' in {out_dir}", log):
+        n_shards = max(1, -(-len(items) // maxcount))
+        for k in range(n_shards):  # this set's own names only: another set here may be writing right now
+            for stale in out_dir.glob(f".{glob.escape(Path(out % k).name)}.tmp-*"):
+                stale.unlink()  # partial shards of an interrupted run: never visible under a final name
 
-    manifest = _manifest(source, items, maxcount, canon_opts)
-    manifest_path = state_dir / f"{name}.manifest.json"
-    if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        if old != json.loads(json.dumps(manifest)):
-            raise RuntimeError(
-                f"{out_dir} already holds shards '{name}' written from different input or settings "
-                f"({manifest_path}); choose another --out or delete them"
-            )
-    else:
-        atomic_write_json(manifest_path, manifest)
+        manifest = _manifest(source, items, maxcount, canon_opts)
+        manifest_path = state_dir / f"{name}.manifest.json"
+        if manifest_path.exists():
+            old = json.loads(manifest_path.read_text())
+            if old != json.loads(json.dumps(manifest)):
+                raise RuntimeError(
+                    f"{out_dir} already holds shards '{name}' written from different input or settings "
+                    f"({manifest_path}); choose another --out or delete them"
+                )
+        else:
+            atomic_write_json(manifest_path, manifest)
 
-    n_shards = max(1, -(-len(items) // maxcount))
-    jobs = []
-    for k in range(n_shards):
-        shard_path = str(out_dir / Path(out % k).name)
-        state_path = str(state_dir / (Path(shard_path).name + ".json"))
-        if not (os.path.exists(shard_path) and os.path.exists(state_path)):
-            jobs.append((k, items[k * maxcount : (k + 1) * maxcount], shard_path, state_path))
-    done_before = len(items) - sum(len(j[1]) for j in jobs)
-    if log and done_before:
-        log(f"resuming: {n_shards - len(jobs)} of {n_shards} shards already complete")
+        jobs = []
+        for k in range(n_shards):
+            shard_path = str(out_dir / Path(out % k).name)
+            state_path = str(state_dir / (Path(shard_path).name + ".json"))
+            if not (os.path.exists(shard_path) and os.path.exists(state_path)):
+                jobs.append((k, items[k * maxcount : (k + 1) * maxcount], shard_path, state_path))
+        done_before = len(items) - sum(len(j[1]) for j in jobs)
+        if log and done_before:
+            log(f"resuming: {n_shards - len(jobs)} of {n_shards} shards already complete")
 
-    counter = mp.Value("l", 0)
-    bar = tqdm(total=len(items), initial=done_before, unit="ecg", desc=name, disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        _init_worker(None, lambda: bar.update(1))
-        try:
-            for _, its, sp, st in jobs:
-                write_one_shard(source, its, sp, st, canon_opts)
-        finally:
-            _init_worker(None)
-    else:
-        ctx = mp.get_context("spawn" if os.environ.get("FGCLEP_SPAWN") else "fork")
-        with ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
-        ) as ex:
-            pending = {ex.submit(write_one_shard, source, its, sp, st, canon_opts) for _, its, sp, st in jobs}
-            while pending:
-                finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    fut.result()
-                bar.update(counter.value - (bar.n - done_before))
-    bar.close()
+        counter = mp.Value("l", 0)
+        bar = tqdm(total=len(items), initial=done_before, unit="ecg", desc=name, disable=not progress)
+        if workers <= 1 or len(jobs) <= 1:
+            _init_worker(None, lambda: bar.update(1))
+            try:
+                for _, its, sp, st in jobs:
+                    write_one_shard(source, its, sp, st, canon_opts)
+            finally:
+                _init_worker(None)
+        else:
+            ctx = mp.get_context("spawn" if os.environ.get("FGCLEP_SPAWN") else "fork")
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+            ) as ex:
+                pending = {
+                    ex.submit(write_one_shard, source, its, sp, st, canon_opts) for _, its, sp, st in jobs
+                }
+                while pending:
+                    finished, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        fut.result()
+                    bar.update(counter.value - (bar.n - done_before))
+        bar.close()
 
-    sizes, rejects = {}, []
-    for k in range(n_shards):
-        shard_name = Path(out % k).name
-        state = json.loads((state_dir / (shard_name + ".json")).read_text())
-        sizes[shard_name] = state["count"]
-        rejects.extend(state["rejects"])
-    sizes_path = out_dir / "sizes.json"
-    all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
-    all_sizes.update(sizes)
-    atomic_write_json(sizes_path, all_sizes)
-    rejects_path = out_dir / f"{name}.rejects.jsonl"
-    atomic_write_bytes(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+        sizes, rejects = {}, []
+        for k in range(n_shards):
+            shard_name = Path(out % k).name
+            state = json.loads((state_dir / (shard_name + ".json")).read_text())
+            sizes[shard_name] = state["count"]
+            rejects.extend(state["rejects"])
+        sizes_path = out_dir / "sizes.json"
+        with exclusive_lock(state_dir / "sizes.json.lock", str(sizes_path), log):  # shared by every set here
+            all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
+            all_sizes.update(sizes)
+            atomic_write_json(sizes_path, all_sizes)
+        rejects_path = out_dir / f"{name}.rejects.jsonl"
+        atomic_write_bytes(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
 
     by_reason = Counter(r["reason"] for r in rejects)
     summary = {

@@ -17,6 +17,7 @@ class LudbWfdb:
     """Reads ``LUDB/data/<id>`` with plain wfdb; ids that do not exist are rejected with the file named."""
 
     name = "ludb-test"
+    LUDB_ROOT = DATA / "ludb"
 
     def __init__(self, ids: list[str], delay: float = 0.0):
         self.ids, self.delay = ids, delay

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from shard_helpers import DATA
 
 from fgclep_plugin.cli import main
@@ -144,3 +145,32 @@ def test_wheel_carries_model_configs_and_label_table(tmp_path):
     assert configs and {f"fgclep_plugin/model_configs/{c}" for c in configs} <= names
     assert "fgclep_plugin/sources/snomed_names.csv" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_code15_records_without_text_are_kept_as_the_reader_documents(tmp_path):
+    """``code15`` (require_report=false) keeps records without a report: they must reach the shards, with an
+    empty txt and their Chagas label, not be rejected as empty reports by the writer."""
+    import wfdb
+
+    root = DATA / "code15"
+    expected = {"converted": 0, "too-short": 0, "unexpected-fs": 0, "amplitude": 0}
+    for hea in root.rglob("*.hea"):
+        h = wfdb.rdheader(str(hea.with_suffix("")))
+        if h.fs != 400:
+            expected["unexpected-fs"] += 1
+        elif h.sig_len / h.fs < 7:
+            expected["too-short"] += 1
+        elif np.nanmax(np.abs(wfdb.rdrecord(str(hea.with_suffix(""))).p_signal)) > 30:  # artefact spikes
+            expected["amplitude"] += 1
+        else:
+            expected["converted"] += 1
+    summary = tmp_path / "s.json"
+    out = str(tmp_path / "c-%06d.tar")
+    args = ["shards", "code15", "--root", str(root), "--out", out, "--min-seconds", "7", "--quiet"]
+    assert main([*args, "--maxcount", "500", "--summary-json", str(summary)]) == 0
+    s = json.loads(summary.read_text())
+    assert s["written"] == expected["converted"] > 100
+    assert s["rejected"] == {k: v for k, v in expected.items() if k != "converted" and v}
+    samples = list(iter_samples(s["urls"]))
+    assert len(samples) == s["written"] and all(x["text"] == "" for x in samples)
+    assert all(isinstance(x["meta"]["labels"]["chagas"], bool) for x in samples)

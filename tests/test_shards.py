@@ -149,3 +149,60 @@ def test_tar_walker_agrees_with_tarfile(tmp_path, fmt):
     bad[10] ^= 0xFF
     with pytest.raises(ValueError, match="corrupt tar header"):
         list(iter_tar(io.BytesIO(bytes(bad)), "t.tar"))
+
+
+def test_canonicalisation_rejects_name_the_file(tmp_path):
+    from fgclep_plugin.sources import make_source
+
+    src = make_source("ludb", LudbWfdb.LUDB_ROOT)
+    s = write_shards(
+        src,
+        str(tmp_path / "l-%06d.tar"),
+        10,
+        items=["1", "2"],
+        canon_opts={"min_seconds": 11},
+        progress=False,
+        log=None,
+    )
+    assert s["written"] == 0 and s["rejected"] == {"too-short": 2}
+    rejects = [json.loads(line) for line in Path(s["rejects_file"]).read_text().splitlines()]
+    for r, rid in zip(rejects, ["1", "2"]):
+        assert r["item"] == rid and f"({rid}.hea)" in r["message"] and "10.00 s < minimum 11" in r["message"]
+
+
+def test_second_writer_of_the_same_set_waits_for_the_first(tmp_path):
+    """A concurrent run of the same conversion (two terminals, two test sessions generating one corpus) waits
+    for the lock instead of deleting the first run's temporary shards; it then finds every shard complete."""
+    import fcntl
+    import threading
+
+    out = str(tmp_path / "w-%06d.tar")
+    (tmp_path / ".fgclep-state").mkdir()
+    messages: list[str] = []
+    with open(tmp_path / ".fgclep-state" / "w.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        live_tmp = tmp_path / ".w-000000.tar.tmp-999999"  # what a running writer has open
+        live_tmp.write_bytes(b"partial")
+        t = threading.Thread(
+            target=write_shards,
+            args=(LudbWfdb(IDS[:3]), out, 2, 1),
+            kwargs={"progress": False, "log": messages.append},
+        )
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and live_tmp.exists() and not list(tmp_path.glob("w-*.tar"))
+        assert any("waiting for another process" in m for m in messages)
+        live_tmp.unlink()  # the first writer finishes ...
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(60)
+    assert not t.is_alive()
+    assert [x["meta"]["record_id"] for x in iter_samples(str(tmp_path / "w-{000000..000001}.tar"))] == IDS[:3]
+
+
+def test_stale_temp_files_of_another_set_in_the_folder_are_left_alone(tmp_path):
+    other = tmp_path / ".ludb-hr-000000.tar.tmp-12345"  # set 'ludb-hr', possibly being written right now
+    other.write_bytes(b"x")
+    mine = tmp_path / ".ludb-000000.tar.tmp-12345"  # this set's leftover of a killed run
+    mine.write_bytes(b"x")
+    write_shards(LudbWfdb(IDS[:2]), str(tmp_path / "ludb-%06d.tar"), 5, 1, progress=False, log=None)
+    assert other.exists() and not mine.exists()
