@@ -204,9 +204,11 @@ def get_ecg_wds_dataset(
 
     if is_train:
         if not resampled and not deterministic:
-            assert num_shards >= args.workers * args.world_size, (
-                f"{num_shards} shard(s) in {input_shards!r} but {args.workers} worker(s) x {args.world_size} "
-                "process(es): every worker needs a shard (use --dataset-resampled or fewer workers)"
+            readers = max(1, args.workers)  # --workers 0: each process reads for itself
+            assert num_shards >= readers * args.world_size, (
+                f"{num_shards} shard(s) in {input_shards!r} but {readers} worker(s) x {args.world_size} "
+                "process(es): every worker needs a shard (use --dataset-resampled, fewer workers or "
+                "more, smaller shards)"
             )
         round_fn = math.floor if floor else math.ceil
         global_batch_size = args.batch_size * args.world_size

@@ -242,3 +242,11 @@ def test_sizes_json_of_each_directory_in_a_joined_set(shard_dir, tmp_path):
     (tmp_path / "sizes.json").write_text(json.dumps({"elsewhere.tar": 5}))
     with pytest.raises(RuntimeError, match="other-000000.tar.*sizes.json"):
         get_ecg_wds_dataset(make_args("--train-data", urls), first_value, True, tokenizer=number_tokenizer)
+
+
+def test_too_few_shards_for_processes_without_workers_is_a_clear_error(shard_dir):
+    """--workers 0 still reads in one process per rank: a rank left without a shard would yield no batch and
+    leave the others waiting in the first gradient all-reduce."""
+    args = make_args("--train-data", str(shard_dir / "toy-{000000..000001}.tar"), world_size=3)
+    with pytest.raises(AssertionError, match="2 shard.*1 worker.*3 process"):
+        get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
