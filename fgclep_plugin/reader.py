@@ -124,6 +124,7 @@ def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
     """Stream raw samples (member suffix -> bytes) from tar shards in order, grouping members by key."""
     for url in expand_urls(urls):
         stream, proc = _open(url)
+        complete = False
         try:
             current: dict[str, Any] | None = None
             for name, data in iter_tar(stream, url):
@@ -138,10 +139,13 @@ def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
                 current[suffix] = data
             if current is not None:
                 yield current
+            complete = True
         finally:
             stream.close()
             if proc is not None:
                 proc.wait()
+        if proc is not None and complete and proc.returncode != 0:  # e.g. the download failed: not 0 samples
+            raise OSError(f"{url}: command exited with status {proc.returncode}")
 
 
 def iter_samples(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:

@@ -206,3 +206,15 @@ def test_stale_temp_files_of_another_set_in_the_folder_are_left_alone(tmp_path):
     mine.write_bytes(b"x")
     write_shards(LudbWfdb(IDS[:2]), str(tmp_path / "ludb-%06d.tar"), 5, 1, progress=False, log=None)
     assert other.exists() and not mine.exists()
+
+
+def test_failing_pipe_command_is_an_error_not_an_empty_shard(tmp_path):
+    s = write_shards(LudbWfdb(IDS[:2]), str(tmp_path / "p-%06d.tar"), 5, 1, progress=False, log=None)
+    good = expand_urls(s["urls"])[0]
+    missing = tmp_path / "missing.tar"
+    with pytest.raises(OSError, match="exited with status"):
+        list(iter_samples(f"pipe:cat {missing}"))
+    with pytest.raises(OSError, match=r"exited with status 3"):
+        list(iter_samples(f"pipe:cat {good}; exit 3"))  # all samples read, then the command failed
+    first = next(iter_samples(f"pipe:cat {good}"))  # stopping early is not a failure
+    assert first["meta"]["record_id"] == IDS[0]
