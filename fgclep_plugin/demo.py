@@ -88,6 +88,14 @@ def launch_command(args: argparse.Namespace, urls: dict[str, str]) -> list[str]:
     ]
 
 
+def steps_per_epoch(train_samples: int, batch_size: int, processes: int, workers: int) -> int:
+    """Optimiser steps per epoch of the training pipeline: whole global batches, rounded up to a multiple of the
+    dataloader workers (each worker yields the same number of batches; see ``data.get_ecg_wds_dataset``)."""
+    batches = -(-train_samples // (batch_size * processes))
+    readers = max(1, workers)
+    return -(-batches // readers) * readers
+
+
 def read_curve(run_dir: Path, steps_per_epoch: int) -> list[dict]:
     """(epoch, mean loss, AUC) rows from the run's loss log and open_clip's results.jsonl."""
     losses = [json.loads(line) for line in (run_dir / "losses-rank0.jsonl").read_text().splitlines()]
@@ -141,7 +149,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(line.rstrip()[:240], flush=True)
     if proc.returncode:
         raise SystemExit(f"training failed (exit code {proc.returncode}); see {run_dir / 'out.log'}")
-    steps = -(-args.train_samples // (args.batch_size * args.processes))
+    steps = steps_per_epoch(args.train_samples, args.batch_size, args.processes, args.workers)
     rows = [{"epoch": 0, "loss": None, "auc": auc0}, *read_curve(run_dir, steps)]
     print("\n" + format_curve(rows))
     (run_dir / "curve.json").write_text(json.dumps(rows, indent=1))

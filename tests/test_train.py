@@ -233,6 +233,20 @@ def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").exists()
 
 
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_demo_steps_per_epoch_match_the_training_pipeline(workers):
+    """The demo splits the loss log into epochs; a wrong step count would shift every epoch's mean loss."""
+    from open_clip_train.params import parse_args
+
+    from fgclep_plugin.data import get_ecg_wds_dataset
+    from fgclep_plugin.demo import steps_per_epoch
+
+    args = parse_args(["--train-data", LUDB_TRAIN, "--train-num-samples", "100", "--batch-size", "8"])
+    args.workers, args.world_size, args.rank = workers, 1, 0
+    info = get_ecg_wds_dataset(args, None, True, tokenizer=lambda texts: torch.zeros(len(texts), 1))
+    assert steps_per_epoch(100, 8, 1, workers) == info.dataloader.num_batches
+
+
 @pytest.mark.slow
 def test_demo_prints_a_curve_from_a_real_run(tmp_path, capsys):
     from fgclep_plugin import demo
