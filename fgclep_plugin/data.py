@@ -68,18 +68,24 @@ def ecg_to_tensor(ecg: np.ndarray, preprocess: Callable | None) -> torch.Tensor:
 
 
 class EpochSampleShuffle(wds.PipelineStage):
-    """Buffered sample shuffle seeded by (seed, epoch, rank, worker): reproducible, different every epoch.
+    """Buffered sample shuffle seeded by (seed, epoch, rank, worker, pass): reproducible, different every epoch.
 
     (open_clip uses an unseeded ``wds.shuffle`` here; with ``--workers 0`` a worker-seeded shuffle would repeat
-    the same order every epoch.)
+    the same order every epoch.) ``pass`` counts the re-reads within one epoch (webdataset's ``with_epoch``
+    restarts the pipeline when a reader's shards run out), so a re-read does not replay the first order.
     """
 
     def __init__(self, bufsize: int, initial: int, seed: int, epoch: SharedEpoch):
         self.bufsize, self.initial, self.seed, self.epoch = bufsize, initial, seed, epoch
+        self._last_epoch: int | None = None
+        self._pass = 0
 
     def run(self, src: Iterable) -> Iterator:
         rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(f"{self.seed}-{self.epoch.get_value()}-{rank}-{worker}")
+        epoch = self.epoch.get_value()
+        self._pass = self._pass + 1 if epoch == self._last_epoch else 0
+        self._last_epoch = epoch
+        rng = random.Random(f"{self.seed}-{epoch}-{rank}-{worker}-{self._pass}")
         return _shuffle(src, self.bufsize, self.initial, rng)
 
 

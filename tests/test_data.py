@@ -250,3 +250,17 @@ def test_too_few_shards_for_processes_without_workers_is_a_clear_error(shard_dir
     args = make_args("--train-data", str(shard_dir / "toy-{000000..000001}.tar"), world_size=3)
     with pytest.raises(AssertionError, match="2 shard.*1 worker.*3 process"):
         get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
+
+
+def test_second_pass_within_an_epoch_is_shuffled_anew(shard_dir):
+    """When an epoch asks for more samples than a reader's shards hold, webdataset re-reads them; the re-read
+    must not replay the first pass's order (every batch of the first pass would come back identical)."""
+    urls = str(shard_dir / "toy-{000000..000002}.tar")
+    args = make_args("--train-data", urls, "--train-num-samples", str(2 * N_SHARDS * PER_SHARD))
+    info = get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
+    ids = [i for b in epoch_batches(info, 0) for i in b[0]]
+    first, second = ids[: N_SHARDS * PER_SHARD], ids[N_SHARDS * PER_SHARD :]
+    assert sorted(first) == sorted(second) == list(range(N_SHARDS * PER_SHARD))
+    assert first != second
+    again = get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
+    assert [i for b in epoch_batches(again, 0) for i in b[0]] == ids  # still reproducible
