@@ -87,7 +87,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="source option (repeatable), e.g. split=train or records=records500; see the source docs",
+        help="source option (repeatable), e.g. split=train (mimic) or rate=100 (ptbxl); `fgclep sources NAME`",
     )
     p.add_argument(
         "--range",

@@ -174,3 +174,43 @@ def test_code15_records_without_text_are_kept_as_the_reader_documents(tmp_path):
     samples = list(iter_samples(s["urls"]))
     assert len(samples) == s["written"] and all(x["text"] == "" for x in samples)
     assert all(isinstance(x["meta"]["labels"]["chagas"], bool) for x in samples)
+
+
+def test_option_examples_in_the_help_are_real_options():
+    """Every KEY=VALUE example in ``fgclep shards --help`` is an option of the source it names."""
+    import inspect
+    import re
+
+    from fgclep_plugin.cli import build_parser
+    from fgclep_plugin.sources import SOURCES
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = next(a.help for a in sub.choices["shards"]._actions if a.dest == "option")
+    examples = re.findall(r"(\w+)=(\w+) \((\w+)\)", text)
+    assert len(examples) >= 2
+    for key, _value, source in examples:
+        assert key in inspect.signature(SOURCES[source].__init__).parameters, (key, source)
+
+
+def test_bench_shards_runs_on_a_source_with_rejected_records(capsys):
+    """The first 12 CODE-15 items include the two artificial bad records and 7.3 s ones: the benchmark times
+    the records that convert (the others cost their read) instead of crashing on the first reject."""
+    root = DATA / "code15"
+    args = ["bench-shards", "--source", "code15", "--root", str(root), "--repeats", "1", "--scale", "2"]
+    assert main([*args, "--limit", "12"]) == 0
+    out = capsys.readouterr().out
+    from fgclep_plugin.ecg import canonicalize
+    from fgclep_plugin.records import RejectError
+    from fgclep_plugin.sources import make_source
+
+    src = make_source("code15", root)
+    n = 0
+    for item in src.items()[:12]:
+        try:
+            canonicalize(src.load(item))
+            n += 1
+        except RejectError:
+            pass
+    assert 0 < n < 12 and f"records: {n} converted of 12" in out and "speed-up (b)/(a)" in out
+    assert main([*args, "--limit", "2"]) == 2  # nothing converts: a clear error, not a division by zero
+    assert "no record of code15" in capsys.readouterr().err
