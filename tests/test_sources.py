@@ -187,7 +187,13 @@ def test_ptbxl_rows_reports_and_missing_waveforms():
 
 def test_scp_codes_are_literals_never_code():
     assert parse_scp_codes("{'NORM': 100.0, 'SR': 0.0}") == {"NORM": 100.0, "SR": 0.0}
-    for bad in ("__import__('os').system('echo owned')", "['NORM']", "{'a': 1"):
+    for bad in (
+        "__import__('os').system('echo owned')",
+        "['NORM']",
+        "{'a': 1",
+        "{'NORM': 'x'}",
+        "{'A': [1]}",
+    ):
         with pytest.raises(RejectError) as err:
             parse_scp_codes(bad, "row 7")
         assert err.value.reason == "bad-labels" and "row 7" in str(err.value)

@@ -33,7 +33,12 @@ def parse_scp_codes(text: str, where: str = "") -> dict[str, float]:
         ) from None
     if not isinstance(value, dict):
         raise RejectError("bad-labels", f"{where}: scp_codes {text[:80]!r} is not a dict")
-    return {str(k): float(v) for k, v in value.items()}
+    try:
+        return {str(k): float(v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise RejectError(
+            "bad-labels", f"{where}: scp_codes {text[:80]!r} has a non-numeric likelihood"
+        ) from None
 
 
 def find_database(root: Path, database: str) -> Path:
