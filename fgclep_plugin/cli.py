@@ -46,6 +46,8 @@ def run_shards(args: argparse.Namespace) -> int:
     from .shards import write_shards
     from .sources import make_source
 
+    if args.limit is not None and args.limit < 0:
+        raise ValueError(f"--limit must be a number of items (>= 0), got {args.limit}")
     source = make_source(args.source, args.root, **dict(args.option))
     items = source.items()
     if args.range is not None:

@@ -223,8 +223,14 @@ def write_shards(
     pattern for open_clip's ``--train-data``), ``rejects_file``.
     """
     t0 = time.time()
-    if "%" not in out:
+    if (
+        "%" in str(Path(out).parent)
+        or len(re.findall(r"%0?\d*d", Path(out).name)) != 1
+        or "%" in re.sub(r"%0?\d*d", "", Path(out).name)
+    ):
         raise ValueError(f"--out must contain a shard number pattern such as NAME-%06d.tar, got {out!r}")
+    if maxcount < 1:
+        raise ValueError(f"--maxcount must be at least 1, got {maxcount}")
     items = list(source.items() if items is None else items)
     canon_opts = dict(canon_opts or {})
     out_dir = Path(out).parent

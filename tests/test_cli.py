@@ -116,6 +116,9 @@ def test_readable_errors(tmp_path):
         text=True,
     )
     assert r.returncode == 2 and "has no option(s) colour" in r.stderr
+    out = str(tmp_path / "y-%06d.tar")
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--limit", "-1"]) == 2
+    assert not (tmp_path / "sizes.json").exists()  # not the first N-1 records, silently
 
 
 def test_wheel_carries_model_configs_and_label_table(tmp_path):

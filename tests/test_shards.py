@@ -218,3 +218,13 @@ def test_failing_pipe_command_is_an_error_not_an_empty_shard(tmp_path):
         list(iter_samples(f"pipe:cat {good}; exit 3"))  # all samples read, then the command failed
     first = next(iter_samples(f"pipe:cat {good}"))  # stopping early is not a failure
     assert first["meta"]["record_id"] == IDS[0]
+
+
+@pytest.mark.parametrize(
+    ("out", "maxcount"),
+    [("x-%s.tar", 5), ("x-%06d-%06d.tar", 5), ("x.tar", 5), ("50%/x-%06d.tar", 5), ("x-%06d.tar", 0)],
+)
+def test_bad_out_pattern_or_maxcount_is_a_clear_error_before_anything_is_written(tmp_path, out, maxcount):
+    with pytest.raises(ValueError, match="--out must contain a shard number pattern|--maxcount must be"):
+        write_shards(LudbWfdb(IDS[:2]), str(tmp_path / out), maxcount, 1, progress=False, log=None)
+    assert not list(tmp_path.iterdir())
