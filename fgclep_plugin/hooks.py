@@ -15,6 +15,7 @@ from typing import Any
 
 import open_clip
 import open_clip.factory
+import open_clip.hf_configs
 import open_clip.model
 
 from .tower import EcgTower, build_ecg_tower, is_ecg_vision_cfg
@@ -141,6 +142,17 @@ def _install(module: Any, name: str, replacement: Callable[..., Any], reexports:
             setattr(other, name, replacement)
 
 
+# Hook: open_clip.hf_configs.arch_dict["bert"]["config_names"] (two missing entries added, none replaced).
+# HFTextEncoder.lock(unlocked_layers > 0), i.e. `--lock-text --lock-text-unlocked-layers N`, looks up where the
+# encoder layers and the embeddings sit; open_clip lists that for RoBERTa-style models but not for BERT, so
+# locking all but the last N layers of the MiniLM / Bio_ClinicalBERT towers failed with KeyError 'layer_attr'.
+def _complete_bert_arch() -> None:
+    names = open_clip.hf_configs.arch_dict.get("bert", {}).get("config_names")
+    if names is not None:
+        names.setdefault("layer_attr", "layer")  # BertModel.encoder.layer
+        names.setdefault("token_embeddings_attr", "embeddings")  # BertModel.embeddings
+
+
 def register_model_hooks() -> None:
     """Add the packaged model configs to open_clip and install the model-side hooks (idempotent)."""
     configs = config_dir()
@@ -148,6 +160,7 @@ def register_model_hooks() -> None:
         open_clip.add_model_config(configs)
     for module, name, replacement, reexports in _MODEL_HOOKS:
         _install(module, name, replacement, reexports)
+    _complete_bert_arch()
 
 
 def register() -> None:

@@ -117,6 +117,17 @@ def test_minilm_config_uses_packaged_text_tower():
     assert torch.equal(model.text.transformer.embeddings.word_embeddings.weight, ref[key])
 
 
+def test_lock_text_with_unlocked_layers_on_the_bert_text_tower():
+    """open_clip's ``--lock-text --lock-text-unlocked-layers N`` on a BERT tower (MiniLM, Bio_ClinicalBERT)."""
+    model = open_clip.create_model("FGCLEP-ResNet1d18-MiniLM")
+    model.lock_text_tower(unlocked_layers=2, freeze_layer_norm=True)
+    trainable = {n for n, p in model.text.named_parameters() if p.requires_grad}
+    layers = {n.split(".")[3] for n in trainable if n.startswith("transformer.encoder.layer.")}
+    assert layers == {"4", "5"}  # the last two of the six encoder layers
+    assert not any("embeddings" in n for n in trainable) and any(n.startswith("proj") for n in trainable)
+    open_clip.create_model("FGCLEP-ResNet1d18-MiniLM").lock_text_tower(unlocked_layers=0)  # full lock still works
+
+
 def test_pkg_placeholder_errors_name_the_package():
     with pytest.raises(FileNotFoundError, match="no_such_package_xyz"):
         resolve_package_path("pkg:no_such_package_xyz/model")
