@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -247,3 +248,29 @@ def test_corpus_is_byte_identical_across_runs(tmp_path):
     ensure_synth_corpus(tmp_path / "c", sizes=sizes, seed=5, maxcount=4)
     other = (tmp_path / "c" / "test" / "synth-test-000000.tar").read_bytes()
     assert other != (tmp_path / "a" / "test" / "synth-test-000000.tar").read_bytes()
+
+
+def test_concurrent_ensure_calls_take_turns(tmp_path, capsys):
+    """Two processes asking for the corpus at once (two test sessions on a fresh or stale cache): the second
+    waits for the first instead of generating, or deleting a stale split, underneath it."""
+    import fcntl
+    import threading
+
+    from fgclep_plugin.reader import iter_samples
+    from fgclep_plugin.synth.corpus import ensure_synth_corpus
+
+    sizes = {"train": 0, "val": 3, "test": 0}
+    got: dict = {}
+    with open(tmp_path / ".synth-val.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another caller is working on the val split
+        t = threading.Thread(
+            target=lambda: got.update(ensure_synth_corpus(tmp_path, sizes=sizes, maxcount=5))
+        )
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not (tmp_path / "val").exists()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    t.join(60)
+    captured = capsys.readouterr()
+    assert "waiting for another process writing the synthetic val split" in captured.err, captured
+    assert [s["meta"]["record_id"] for s in iter_samples(got["val"])] == [f"val-s0-{i:06d}" for i in range(3)]

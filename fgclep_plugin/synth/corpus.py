@@ -9,9 +9,10 @@ refuses a folder holding a different corpus.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from ..shards import write_shards
+from ..shards import exclusive_lock, write_shards
 from .source import SPLITS, SynthSource
 
 DEFAULT_ROOT = "data/synth"
@@ -65,6 +66,10 @@ def _is_generated_split_dir(folder: Path, split: str) -> bool:
     return True
 
 
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def ensure_synth_corpus(
     root: str | Path = DEFAULT_ROOT,
     sizes: dict[str, int] | None = None,
@@ -83,16 +88,23 @@ def ensure_synth_corpus(
 
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     urls = {}
+    Path(root).mkdir(parents=True, exist_ok=True)
     for split, n in sizes.items():
         if n <= 0:
             continue
-        try:
-            summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
-        except RuntimeError as e:
-            folder = Path(root) / split
-            if not (rebuild_stale and "different input" in str(e) and _is_generated_split_dir(folder, split)):
-                raise
-            shutil.rmtree(folder)
-            summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+        # One caller per split at a time (two test sessions, a demo and a test ...): the check, the deletion
+        # of a stale split and its regeneration happen under one lock, so nobody deletes what another writes.
+        with exclusive_lock(
+            Path(root) / f".synth-{split}.lock", f"the synthetic {split} split in {root}", _say
+        ):
+            try:
+                summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+            except RuntimeError as e:
+                folder = Path(root) / split
+                stale = "different input" in str(e) and _is_generated_split_dir(folder, split)
+                if not (rebuild_stale and stale):
+                    raise
+                shutil.rmtree(folder)
+                summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
         urls[split] = summary["urls"]
     return urls
