@@ -49,7 +49,9 @@ def plot_ecg12(
 ):
     """Draw a 12-lead ECG (``signal [n_leads, n]`` in mV) into ``ax`` (a new figure if None); returns ``ax``.
 
-    Leads are found by name (case-insensitive); a missing lead raises KeyError naming it.
+    Leads are found by name (case-insensitive); a missing lead raises KeyError naming it. Each lead is drawn
+    around its median over the record (DC offsets removed, as a cart's baseline filter does): DC-coupled
+    recordings (CODE-15 leads sit up to ~10 mV off zero) would otherwise run across the neighbouring rows.
     """
     import matplotlib.pyplot as plt
 
@@ -76,7 +78,8 @@ def plot_ecg12(
         seg_len = n_seg if len(row) > 1 else round(seconds * fs)
         for c, name in enumerate(row):
             start = c * n_seg
-            x = np.asarray(signal[idx[name.lower()], start : start + seg_len], dtype=float)
+            lead = np.asarray(signal[idx[name.lower()]], dtype=float)
+            x = lead[start : start + seg_len] - np.nanmedian(lead)
             t_mm = CAL_MM + (start + np.arange(len(x))) / fs * SPEED_MM_S
             ax.plot(t_mm, base + x * GAIN_MM_MV, color="black", lw=0.6)
             ax.text(t_mm[0] + 1.0, base + 9.0, name, fontsize=7, ha="left", va="bottom")

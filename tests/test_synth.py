@@ -230,6 +230,14 @@ def test_clinical_plot_draws_by_lead_name(tmp_path):
     assert (tmp_path / "ecg.png").stat().st_size > 10_000
     with pytest.raises(KeyError, match="lead V6"):
         plot_ecg12(rec.signal[:11], 500, rec.lead_names[:11])
+    plt.close("all")
+    offset = rec.signal + np.linspace(-9.0, 9.0, 12)[:, None]  # DC-coupled leads, as CODE-15 stores them
+    ax = plot_ecg12(offset, 500, rec.lead_names)
+    drawn = [ln for ln in ax.lines if len(ln.get_xdata()) > 100]
+    assert len(drawn) == len(lines)
+    for ln, ref in zip(drawn, lines):  # each trace exactly where it was without the offsets: in its own row
+        np.testing.assert_allclose(ln.get_ydata(), ref.get_ydata(), atol=1e-6)
+    plt.close("all")
 
 
 def test_corpus_is_byte_identical_across_runs(tmp_path):
