@@ -7,6 +7,7 @@ and the normalisation the transform applies (see ``fgclep_plugin.transform``).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -20,6 +21,12 @@ from torch.utils.checkpoint import checkpoint
 
 ECG_TOWER_KEY = "ecg_tower"
 """The ``vision_cfg`` key that marks a config as an ECG model (value: ``"resnet1d"``)."""
+
+CFG_STATE_KEY = "ecg_vision_cfg"
+"""State-dict entry of the tower (``visual.ecg_vision_cfg`` in a model): its vision_cfg as UTF-8 JSON bytes."""
+
+TRAINING_ONLY_FIELDS = ("train_crop_length", "dropout", "zero_init_residual")
+"""vision_cfg fields a checkpoint may be loaded across (they do not change what the weights mean)."""
 
 # name -> (block type, blocks per stage)
 ARCHS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
@@ -301,6 +308,35 @@ class EcgTower(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.grad_checkpointing = enable
+
+    # The state dict carries the tower's vision_cfg (uint8 JSON bytes; safe for torch.load(weights_only=True)
+    # and safetensors), so a checkpoint says which ECG input it expects. Loading checks it against this
+    # tower's; state dicts without the entry load as before.
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        data = json.dumps(self.cfg.to_dict(), sort_keys=True).encode()
+        destination[prefix + CFG_STATE_KEY] = torch.tensor(list(data), dtype=torch.uint8)
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        stored = state_dict.pop(prefix + CFG_STATE_KEY, None)
+        if stored is not None:
+            saved = json.loads(bytes(stored.to(torch.uint8).tolist()).decode())
+            mine = self.cfg.to_dict()
+            diff = {
+                k: (saved.get(k), mine.get(k))
+                for k in sorted(set(saved) | set(mine))
+                if k not in TRAINING_ONLY_FIELDS and saved.get(k) != mine.get(k)
+            }
+            if diff:
+                error_msgs.append(
+                    "the checkpoint's ECG tower was trained on another input (field: checkpoint vs model): "
+                    + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def build_ecg_tower(embed_dim: int, vision_cfg: dict[str, Any]) -> EcgTower:

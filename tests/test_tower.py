@@ -61,6 +61,7 @@ def test_resnet1d50_computes_the_same_function_as_the_reference():
     ours = build_ecg_tower(32, _cfg(arch="resnet1d50", width=8, zero_init_residual=False)).train()
     ref = RefResNet1d50(32, width=8).train()
     ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
+    ours_sd.pop("ecg_vision_cfg")  # the stored vision_cfg, not a weight
     assert [v.shape for v in ours_sd.values()] == [v.shape for v in ref_sd.values()]
     ref.load_state_dict(dict(zip(ref_sd, ours_sd.values())))
     x = torch.randn(3, 12, 900)
@@ -205,3 +206,31 @@ def test_transform_rejects_bad_input():
 
 def test_tower_is_ecg_tower_type():
     assert isinstance(build_ecg_tower(8, _cfg(arch="resnet1d18", width=8)), EcgTower)
+
+
+def _small(**kw) -> EcgTower:
+    return build_ecg_tower(16, _cfg(**{"arch": "resnet1d18", "width": 8, "sample_rate": 250, "input_length": 2500,
+                                       **kw}))  # fmt: skip
+
+
+def test_state_dict_carries_the_vision_cfg_and_refuses_a_different_input_format():
+    """A checkpoint names the ECG input it was trained on; loading it into a tower that expects another rate,
+    length or normalisation (same weight shapes, silently wrong embeddings) is an error naming the fields."""
+    import json
+
+    tower = _small(train_crop_length=2000)
+    stored = tower.state_dict()["ecg_vision_cfg"]
+    assert stored.dtype == torch.uint8
+    saved = json.loads(bytes(stored.tolist()).decode())
+    assert saved == {**EcgTowerCfg().to_dict(), **_cfg(arch="resnet1d18", width=8, sample_rate=250,
+                                                       input_length=2500, train_crop_length=2000)}  # fmt: skip
+    other = _small(sample_rate=500, norm="fixed")
+    with pytest.raises(RuntimeError, match=r"sample_rate.*250.*500"):
+        other.load_state_dict(tower.state_dict())
+    # training-only settings may differ (fine-tuning with another crop), and the weights load
+    cropped = _small(train_crop_length=1000)
+    cropped.load_state_dict(tower.state_dict())
+    assert torch.equal(cropped.proj.weight, tower.proj.weight)
+    # state dicts written before the cfg was stored still load strictly
+    legacy = {k: v for k, v in tower.state_dict().items() if k != "ecg_vision_cfg"}
+    _small().load_state_dict(legacy)
