@@ -282,3 +282,16 @@ def test_concurrent_ensure_calls_take_turns(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "waiting for another process writing the synthetic val split" in captured.err, captured
     assert [s["meta"]["record_id"] for s in iter_samples(got["val"])] == [f"val-s0-{i:06d}" for i in range(3)]
+
+
+def test_cli_reports_rejected_records(tmp_path, capsys):
+    """Record 0 of seed 3's test split (LBBB + LVH) peaks above the writer's 30 mV limit and is rejected: the
+    command must say so instead of printing a smaller count as if nothing happened."""
+    from fgclep_plugin.cli import main
+
+    peak = float(np.abs(synth_record(3, "test", 0).signal).max())
+    assert peak > 30.0
+    args = ["synth", "--out", str(tmp_path), "--train", "0", "--val", "0", "--test", "2", "--seed", "3"]
+    assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "test : 1 ECGs" in out and "rejected 1 (1 amplitude): see" in out

@@ -19,6 +19,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for split, s in summaries.items():
         print(f"{split:5s}: {s['written']} ECGs in {s['shards']} shard(s) -> {s['urls']}")
+        if s["rejected"]:  # the writer's checks (e.g. amplitude) refused some simulated records: say so
+            reasons = ", ".join(f"{n} {reason}" for reason, n in s["rejected"].items())
+            print(f"       rejected {sum(s['rejected'].values())} ({reasons}): see {s['rejects_file']}")
     print(f"done in {time.time() - t0:.1f} s")
     if args.summary_json:
         with open(args.summary_json, "w") as f:
