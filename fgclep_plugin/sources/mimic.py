@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from ..records import EcgRecord, RejectError
@@ -109,6 +110,23 @@ def filter_report(
     return report, useless if drop_uninformative else []
 
 
+@lru_cache(maxsize=2)
+def read_measurements(path: str, mtime_ns: int = 0, size: int = 0) -> dict[str, tuple[tuple[str, ...], ...]]:
+    """``machine_measurements.csv`` as study_id -> (report statements, MEASUREMENT_COLUMNS values).
+
+    Cached per process by (path, mtime, size): the shard writer sends every worker a fresh copy of the source
+    for each shard, and re-parsing the ~800 k-row table per shard would cost more than converting the shard.
+    """
+    table = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            table[r["study_id"].strip()] = (  # interned: machine statements repeat across studies
+                tuple(sys.intern(x) for x in report_statements(r)),
+                tuple(sys.intern(r.get(k) or "") for k in MEASUREMENT_COLUMNS),
+            )
+    return table
+
+
 class MimicSource(Source):
     """MIMIC-IV-ECG. ``--root``: the folder with ``record_list.csv``, ``machine_measurements.csv`` and ``files/``.
 
@@ -162,14 +180,9 @@ class MimicSource(Source):
     def _measurements(self) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         """study_id -> (cleaned report statements, values of MEASUREMENT_COLUMNS); compact: ~800 k rows."""
         if getattr(self, "_cache_measurements", None) is None:
-            table = {}
-            with open(self.root / "machine_measurements.csv", newline="", encoding="utf-8") as f:
-                for r in csv.DictReader(f):
-                    table[r["study_id"].strip()] = (  # interned: machine statements repeat across studies
-                        tuple(sys.intern(x) for x in report_statements(r)),
-                        tuple(sys.intern(r.get(k) or "") for k in MEASUREMENT_COLUMNS),
-                    )
-            self._cache_measurements = table
+            path = self.root / "machine_measurements.csv"
+            st = path.stat()
+            self._cache_measurements = read_measurements(str(path), st.st_mtime_ns, st.st_size)
         return self._cache_measurements
 
     def load(self, item: tuple[str, str, str]) -> EcgRecord:
