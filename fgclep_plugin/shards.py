@@ -232,6 +232,9 @@ def write_shards(
     if maxcount < 1:
         raise ValueError(f"--maxcount must be at least 1, got {maxcount}")
     items = list(source.items() if items is None else items)
+    if not items:  # a wrong --root (or an empty --range) would otherwise "succeed" with an empty shard
+        where = f" under {source.root}" if getattr(source, "root", None) is not None else ""
+        raise ValueError(f"{source.name}: no records to convert{where}; check --root (and --range/--limit)")
     canon_opts = dict(canon_opts or {})
     out_dir = Path(out).parent
     out_dir.mkdir(parents=True, exist_ok=True)

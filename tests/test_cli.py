@@ -217,3 +217,10 @@ def test_bench_shards_runs_on_a_source_with_rejected_records(capsys):
     assert 0 < n < 12 and f"records: {n} converted of 12" in out and "speed-up (b)/(a)" in out
     assert main([*args, "--limit", "2"]) == 2  # nothing converts: a clear error, not a division by zero
     assert "no record of code15" in capsys.readouterr().err
+
+
+def test_a_root_without_records_is_an_error_not_an_empty_shard(tmp_path, capsys):
+    out = str(tmp_path / "csn-%06d.tar")
+    assert main(["shards", "csn", "--root", str(DATA / "label_maps"), "--out", out, "--quiet"]) == 2
+    assert "csn: no records to convert under" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--range", "300:400"]) == 2
