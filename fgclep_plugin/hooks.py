@@ -225,10 +225,12 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     webdataset's own tar reader (open_clip's chokes on webdataset 1.x's end-of-shard marker); adds the
     labelled ECG zero-shot set of ``--ecg-zeroshot-data``."""
     from .data import get_ecg_data
-    from .zeroshot import DATA_KEY, get_zero_shot_data, load_prompt_map
+    from .zeroshot import DATA_KEY, check_zero_shot_data, get_zero_shot_data, load_prompt_map
 
     data = _EvalData(get_ecg_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer))
     if getattr(args, "ecg_zeroshot_data", None):
+        # checked now, not at the first evaluation after a whole epoch of training
+        check_zero_shot_data(args.ecg_zeroshot_data, args.ecg_zeroshot_label_key)
         classes = None
         if args.ecg_zeroshot_classes:
             classes = [c.strip() for c in args.ecg_zeroshot_classes.split(",") if c.strip()]

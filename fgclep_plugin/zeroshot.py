@@ -169,6 +169,24 @@ class ZeroShotData:
     prompt_text: Callable[[str], str] = default_prompt_text
 
 
+def check_zero_shot_data(urls: str, label_key: str, n: int = 64) -> None:
+    """Fail early on a zero-shot set training could not evaluate: unreadable shards, no samples, or none of the
+    first ``n`` samples having ``labels[label_key]``; the ``ValueError`` names the shards and the keys found."""
+    import itertools
+
+    from .reader import iter_samples
+
+    metas = [s["meta"] for s in itertools.islice(iter_samples(urls), n)]
+    if not metas:
+        raise ValueError(f"zero-shot set {urls}: no samples")
+    found = {k for m in metas for k in (m.get("labels") or {})}
+    if label_key not in found:
+        raise ValueError(
+            f"zero-shot set {urls}: no label {label_key!r} in its first {len(metas)} samples; "
+            f"labels there: {sorted(found)}"
+        )
+
+
 def get_zero_shot_data(
     urls: str,
     preprocess: Callable,

@@ -155,6 +155,7 @@ def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
     plugin, _ = split_argv(
         [
             "--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-prompts", str(prompt_file),
+            "--ecg-zeroshot-label-key", "Rhythms",
             "--ecg-zeroshot-classes", "b2, c3",
         ]
     )  # fmt: skip
@@ -181,3 +182,20 @@ def test_prompt_file_errors_name_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match=r"p\.json"):
         load_prompt_map(bad)
+
+
+def test_training_setup_rejects_a_zero_shot_label_key_the_shards_lack():
+    """A typo in --ecg-zeroshot-label-key used to surface only at the first evaluation, after a whole epoch
+    of training (and before that epoch's checkpoint is written)."""
+    from fgclep_plugin.hooks import _hook_get_data
+    from fgclep_plugin.train import split_argv
+
+    plugin, _ = split_argv(["--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-label-key", "Rhythm"])
+    args = Namespace(**vars(plugin), train_data=None, val_data=None, batch_size=4, dataset_type="auto")
+    with pytest.raises(ValueError, match=r"ludb-test-000000.tar.*'Rhythm'.*'Rhythms'"):
+        _hook_get_data(args, (None, None))
+    args.ecg_zeroshot_data = str(Path(LUDB_TEST).parent / "no-such-000000.tar")
+    with pytest.raises((ValueError, FileNotFoundError), match="no-such-000000.tar"):
+        _hook_get_data(args, (None, None))
+    args.ecg_zeroshot_data, args.ecg_zeroshot_label_key = LUDB_TEST, "Rhythms"
+    assert DATA_KEY in _hook_get_data(args, (None, None))
