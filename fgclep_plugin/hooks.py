@@ -247,10 +247,12 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
 
 
 class _LossRecorder:
-    """Wraps the loss to append each step's terms of this process to ``<--loss-log>-rank<r>.jsonl``."""
+    """Wraps the loss to append each step's terms of this process to ``<--loss-log>-rank<r>.jsonl``; steps
+    continue the numbering of an existing file (``--resume``)."""
 
     def __init__(self, loss, path: str, rank: int):
-        self.loss, self.path, self.step = loss, f"{path}-rank{rank}.jsonl", 0
+        self.loss, self.path = loss, f"{path}-rank{rank}.jsonl"
+        self.step = len(Path(self.path).read_text().splitlines()) if Path(self.path).is_file() else 0
 
     def __call__(self, *args, **kwargs):
         out = self.loss(*args, **kwargs)

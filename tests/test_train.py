@@ -201,6 +201,22 @@ def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
 
 
+def test_loss_log_steps_continue_after_a_resume(tmp_path):
+    """A resumed run appends to the same loss log; its steps must continue, not restart at 0."""
+    from fgclep_plugin.hooks import _LossRecorder
+
+    def fake_loss(x):
+        return {"contrastive_loss": torch.tensor(x), "fnm_loss": torch.tensor(0.0)}
+
+    first = _LossRecorder(fake_loss, str(tmp_path / "l"), 0)
+    for x in (1.0, 2.0):
+        first(x)
+    resumed = _LossRecorder(fake_loss, str(tmp_path / "l"), 0)
+    resumed(3.0)
+    rows = [json.loads(line) for line in (tmp_path / "l-rank0.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["contrastive_loss"]) for r in rows] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+
+
 def test_training_benchmark_runs_real_steps():
     from fgclep_plugin.bench_train import bench, format_result
 
