@@ -120,10 +120,18 @@ def rank_slice_of_global_batches(batch_size: int) -> Callable[[Iterable], Iterat
     return stage
 
 
+def _sample_tensor(sample: dict, decoded: dict, preprocess: Callable | None) -> torch.Tensor:
+    """``ecg_to_tensor`` with a transform failure (e.g. NaN in the signal) re-raised naming sample and shard."""
+    try:
+        return ecg_to_tensor(decoded["ecg"], preprocess)
+    except ValueError as exc:
+        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__', '?')}: {exc}") from exc
+
+
 def _to_train_pair(preprocess: Callable | None, tokenizer: Callable) -> Callable[[dict], tuple]:
     def convert(sample: dict) -> tuple[torch.Tensor, torch.Tensor]:
         s = decode(sample)
-        return ecg_to_tensor(s["ecg"], preprocess), tokenizer(s["text"])[0]
+        return _sample_tensor(sample, s, preprocess), tokenizer(s["text"])[0]
 
     return convert
 
@@ -283,7 +291,7 @@ def get_ecg_labelled_loader(
 
     def convert(sample: dict) -> tuple[torch.Tensor, Any]:
         s = decode(sample)
-        return ecg_to_tensor(s["ecg"], preprocess), label_fn(s["meta"])
+        return _sample_tensor(sample, s, preprocess), label_fn(s["meta"])
 
     dataset = wds.DataPipeline(
         wds.SimpleShardList(urls),

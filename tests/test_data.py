@@ -264,3 +264,19 @@ def test_second_pass_within_an_epoch_is_shuffled_anew(shard_dir):
     assert first != second
     again = get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
     assert [i for b in epoch_batches(again, 0) for i in b[0]] == ids  # still reproducible
+
+
+def test_sample_the_transform_rejects_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
+    from fgclep_plugin.tower import EcgTowerCfg
+    from fgclep_plugin.transform import EcgTransform
+
+    nan_ecg = np.full((12, 5000), np.nan, dtype=np.float16)
+    nan_sample = ("rec_nan", encode_sample("rec_nan", nan_ecg, "record 99", {"labels": {}}))
+    write_tar(tmp_path / "nan-000000.tar", [numbered_sample(0), nan_sample, numbered_sample(1)])
+    transform = EcgTransform(EcgTowerCfg(arch="resnet1d18", width=8))
+    args = make_args("--val-data", str(tmp_path / "nan-000000.tar"))
+    info = get_ecg_wds_dataset(args, transform, False, tokenizer=number_tokenizer)
+    with caplog.at_level(logging.WARNING):
+        batches = list(info.dataloader)
+    assert sum(len(b[0]) for b in batches) == 2
+    assert "rec_nan" in caplog.text and "non-finite" in caplog.text
