@@ -293,12 +293,13 @@ def write_shards(
                     bar.update(counter.value - (bar.n - done_before))
         bar.close()
 
-        sizes, rejects = {}, []
+        sizes, rejects, key_count = {}, [], Counter()
         for k in range(n_shards):
             shard_name = Path(out % k).name
             state = json.loads((state_dir / (shard_name + ".json")).read_text())
             sizes[shard_name] = state["count"]
             rejects.extend(state["rejects"])
+            key_count.update(state.get("keys", []))
         sizes_path = out_dir / "sizes.json"
         with exclusive_lock(state_dir / "sizes.json.lock", str(sizes_path), log):  # shared by every set here
             all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
@@ -317,6 +318,10 @@ def write_shards(
         "urls": str(out_dir / (out_pattern_to_brace(Path(out).name, n_shards))),
         "rejects_file": str(rejects_path),
     }
+    # Keys are unique within a shard (a repeat is rejected there); across shards only this check sees them.
+    duplicates = sorted(key for key, n in key_count.items() if n > 1)
+    if duplicates:
+        summary["duplicate_keys"] = duplicates
     if log:
         log(format_summary(summary))
     return summary
@@ -338,5 +343,11 @@ def format_summary(s: dict[str, Any]) -> str:
         f"{s['source']}: wrote {s['written']} ECGs in {s['shards']} shard(s), rejected {rej}, {s['seconds']} s"
     ]
     lines += [f"  rejected {n:6d}  {reason}" for reason, n in s["rejected"].items()]
+    if s.get("duplicate_keys"):
+        dup = s["duplicate_keys"]
+        lines.append(
+            f"  WARNING: {len(dup)} key(s) occur in more than one shard (record ids that differ only in "
+            f"characters a key cannot hold): {', '.join(dup[:5])}{' ...' if len(dup) > 5 else ''}"
+        )
     lines += [f"  shards:  {s['urls']}", f"  rejects: {s['rejects_file']}"]
     return "\n".join(lines)

@@ -228,3 +228,23 @@ def test_bad_out_pattern_or_maxcount_is_a_clear_error_before_anything_is_written
     with pytest.raises(ValueError, match="--out must contain a shard number pattern|--maxcount must be"):
         write_shards(LudbWfdb(IDS[:2]), str(tmp_path / out), maxcount, 1, progress=False, log=None)
     assert not list(tmp_path.iterdir())
+
+
+class _DottedIds(LudbWfdb):
+    """Record ids '1.5' and '1_5' (both real LUDB signals) sanitise to the same key, ludb_1_5."""
+
+    def load(self, item: str):
+        rec = super().load(item.split("|")[0])
+        rec.record_id = item.split("|")[1]
+        return rec
+
+
+def test_keys_repeated_across_shards_are_reported(tmp_path):
+    messages: list[str] = []
+    src = _DottedIds(["1|1.5", "2|1_5", "3|3"])
+    s = write_shards(src, str(tmp_path / "d-%06d.tar"), 1, 1, progress=False, log=messages.append)
+    keys = [x["__key__"] for x in iter_samples(s["urls"])]
+    assert keys == ["ludb_1_5", "ludb_1_5", "ludb_3"]
+    assert s["duplicate_keys"] == ["ludb_1_5"] and "WARNING: 1 key(s)" in messages[-1]
+    clean = write_shards(LudbWfdb(IDS[:3]), str(tmp_path / "c-%06d.tar"), 1, 1, progress=False, log=None)
+    assert "duplicate_keys" not in clean
