@@ -284,13 +284,26 @@ def test_concurrent_ensure_calls_take_turns(tmp_path, capsys):
     assert [s["meta"]["record_id"] for s in iter_samples(got["val"])] == [f"val-s0-{i:06d}" for i in range(3)]
 
 
-def test_cli_reports_rejected_records(tmp_path, capsys):
-    """Record 0 of seed 3's test split (LBBB + LVH) peaks above the writer's 30 mV limit and is rejected: the
-    command must say so instead of printing a smaller count as if nothing happened."""
-    from fgclep_plugin.cli import main
+def test_amplitudes_stay_physiological():
+    """LVH voltage targets and infarct Q waves once scaled the QRS without bound (seed 3, test record 0 reached
+    31 mV in V2): every record's peak must stay below 10 mV."""
+    peaks = [float(np.abs(synth_record(seed, "test", i).signal).max()) for seed in (0, 3) for i in range(150)]
+    assert max(peaks) < 10.0
 
-    peak = float(np.abs(synth_record(3, "test", 0).signal).max())
-    assert peak > 30.0
+
+def test_cli_reports_rejected_records(tmp_path, capsys, monkeypatch):
+    """A record the writer rejects must be reported by ``fgclep synth``, not hidden behind a smaller count."""
+    from fgclep_plugin.cli import main
+    from fgclep_plugin.records import RejectError
+
+    load = SynthSource.load
+
+    def load_rejecting_first(self, item):
+        if item[3] == 0:
+            raise RejectError("amplitude", "synth:test-0: |signal| reaches 31.0 mV")
+        return load(self, item)
+
+    monkeypatch.setattr(SynthSource, "load", load_rejecting_first)
     args = ["synth", "--out", str(tmp_path), "--train", "0", "--val", "0", "--test", "2", "--seed", "3"]
     assert main([*args, "--quiet"]) == 0
     out = capsys.readouterr().out

@@ -22,6 +22,7 @@ from .geometry import ELECTRODE_VECTORS, LEAD_INDEX, LEAD_NAMES, LEAD_VECTORS, f
 
 # Component table columns: start (ms, relative to QRS onset), hl, pl, hr (ms), amp (mV), vx, vy, vz, group
 GROUPS = {"P": 0, "QRS": 1, "ST": 2, "T": 3, "U": 4, "SPIKE": 5}
+MAX_LVH_GAIN = 2.5  # largest factor an LVH voltage target may scale the QRS dipole by
 
 TERRITORY_VECTORS: dict[str, np.ndarray] = {
     "inferior": np.array([-0.25, 1.0, 0.0]),
@@ -197,6 +198,9 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
             break
         _rotate_frontal(arr, qrs_mask, delta)
 
+    # Infarct Q waves are sized on the QRS before voltage targets: LVH voltage must not deepen them too.
+    base_amp = float(arr[qrs_mask, 4].max())
+
     # Voltage targets (LVH, low voltage) scale the QRS dipole; measured on the rendered template. LVH adds
     # mostly posterior (precordial) voltage.
     if spec.sokolow_target_mv is not None or spec.limb_ptp_target_mv is not None:
@@ -205,14 +209,16 @@ def dominant_template(spec: EcgSpec, rng: np.random.Generator) -> np.ndarray:
         m = measure_template(arr)
         if spec.sokolow_target_mv is not None:
             cur = m["sokolow_lyon_mv"]
-            arr[qrs_mask, 4] *= spec.sokolow_target_mv / max(cur, 1e-6)
+            # LVH only ever adds voltage, and at most 2.5x: a template whose SV1 + RV5 is tiny (LBBB, axis
+            # deviation) must not be blown up to impossible amplitudes (> 10 mV); labels are measured anyway.
+            arr[qrs_mask, 4] *= float(np.clip(spec.sokolow_target_mv / max(cur, 1e-6), 1.0, MAX_LVH_GAIN))
         else:
             cur = max(m["qrs_ptp_mv"][LEAD_INDEX[n]] for n in LEAD_NAMES[:6])
-            arr[qrs_mask, 4] *= spec.limb_ptp_target_mv / max(cur, 1e-6)
+            arr[qrs_mask, 4] *= float(np.clip(spec.limb_ptp_target_mv / max(cur, 1e-6), 0.1, 1.0))
 
     # Territory changes: pathological Q (initial forces away from the territory, R loss), ST shift, T change.
     extra: list[list[float]] = []
-    main_amp = float(arr[qrs_mask, 4].max())
+    main_amp = min(float(arr[qrs_mask, 4].max()), base_amp)
     for terr in spec.q_territories:
         u = TERRITORY_VECTORS[terr]
         extra.append(_comp(0.0, 22.0, 12.0, 22.0, rng.uniform(0.5, 0.8) * max(main_amp, 0.8), -u, "QRS"))

@@ -12,7 +12,7 @@ from .geometry import LEAD_NAMES
 from .reports import make_report
 from .vocabulary import FEATURES
 
-GENERATOR_VERSION = "synth-v3"  # bump when the simulator's output changes (it is part of every item)
+GENERATOR_VERSION = "synth-v4"  # bump when the simulator's output changes (it is part of every item)
 SPLITS = {"train": 0, "val": 1, "test": 2}
 FS = 500
 
