@@ -38,7 +38,7 @@ def decode_npy(data: bytes, name: str = "") -> np.ndarray:
     if dtype.hasobject:
         raise ValueError(f"{name}: object arrays cannot be loaded when allow_pickle=False")
     arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=buf.tell())
-    arr = arr.reshape(shape, order="F" if fortran else "C")
+    arr = arr.reshape(shape, order="F" if fortran else "C").copy()  # writable, owns its memory (torch wants it)
     if arr.shape != (len(LEADS), N_SAMPLES):
         raise ValueError(f"{name}: ECG array has shape {arr.shape}, expected {(len(LEADS), N_SAMPLES)}")
     return arr

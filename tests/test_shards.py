@@ -36,6 +36,7 @@ def test_round_trip_content_rejects_and_sizes(tmp_path):
     )
     samples = list(iter_samples(s["urls"]))
     assert [x["meta"]["record_id"] for x in samples] == IDS[:12]  # order kept
+    assert all(x["ecg"].flags.writeable for x in samples)  # torch.from_numpy warns on read-only arrays
     for x, rid in zip(samples, IDS[:12]):
         expected, _ = canonicalize(src.load(rid))
         np.testing.assert_array_equal(x["ecg"], expected)
