@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import io
 import json
 import multiprocessing as mp
@@ -195,6 +196,22 @@ def write_one_shard(
     return state
 
 
+def canonical_options(canon_opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``canonicalize``'s keyword options with the defaults filled in, so the same settings given explicitly
+    (the CLI) or left out (the Python API) mean the same run; unknown names raise ValueError."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(canonicalize).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = sorted(set(canon_opts or {}) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"unknown canonicalisation option(s) {', '.join(unknown)}; known: {', '.join(defaults)}"
+        )
+    return {**defaults, **(canon_opts or {})}
+
+
 def _manifest(source: Source, items: list, maxcount: int, canon_opts: dict[str, Any]) -> dict[str, Any]:
     digest = hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
     return {
@@ -235,7 +252,7 @@ def write_shards(
     if not items:  # a wrong --root (or an empty --range) would otherwise "succeed" with an empty shard
         where = f" under {source.root}" if getattr(source, "root", None) is not None else ""
         raise ValueError(f"{source.name}: no records to convert{where}; check --root (and --range/--limit)")
-    canon_opts = dict(canon_opts or {})
+    canon_opts = canonical_options(canon_opts)
     out_dir = Path(out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     state_dir = out_dir / STATE_DIR

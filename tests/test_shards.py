@@ -249,3 +249,17 @@ def test_keys_repeated_across_shards_are_reported(tmp_path):
     assert s["duplicate_keys"] == ["ludb_1_5"] and "WARNING: 1 key(s)" in messages[-1]
     clean = write_shards(LudbWfdb(IDS[:3]), str(tmp_path / "c-%06d.tar"), 1, 1, progress=False, log=None)
     assert "duplicate_keys" not in clean
+
+
+def test_defaults_given_explicitly_resume_the_same_run(tmp_path):
+    """A set written through the Python API (defaults left out) resumes under the CLI's explicit defaults,
+    while a really different setting is refused and an unknown option is named."""
+    out = str(tmp_path / "d-%06d.tar")
+    write_shards(LudbWfdb(IDS[:4]), out, 2, 1, progress=False, log=None)
+    explicit = {"min_seconds": 8.0, "crop": "start", "max_nan_gap_s": 0.1}
+    s = write_shards(LudbWfdb(IDS[:4]), out, 2, 1, canon_opts=explicit, progress=False, log=None)
+    assert s["written"] == 4
+    with pytest.raises(RuntimeError, match="different input or settings"):
+        write_shards(LudbWfdb(IDS[:4]), out, 2, 1, canon_opts={"crop": "center"}, progress=False, log=None)
+    with pytest.raises(ValueError, match="unknown canonicalisation option.*min_secs"):
+        write_shards(LudbWfdb(IDS[:4]), out, 2, 1, canon_opts={"min_secs": 5}, progress=False, log=None)
