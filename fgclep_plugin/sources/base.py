@@ -6,9 +6,14 @@ import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ..records import EcgRecord, RejectError
+
+if TYPE_CHECKING:
+    from .wfdb_io import WfdbData
 
 SPLITS = ("train", "val", "test")
 
@@ -34,6 +39,38 @@ class Source:
     def load(self, item: Any) -> EcgRecord:
         """Read one record; raises :class:`RejectError` naming the file on bad input."""
         raise NotImplementedError
+
+    def record(
+        self,
+        data: WfdbData,
+        *,
+        record_id: str,
+        file: str,
+        report: str,
+        patient_id: str | None = None,
+        labels: dict | None = None,
+        meta: dict | None = None,
+        signal: np.ndarray | None = None,
+    ) -> EcgRecord:
+        """The record of a WFDB read: rate and lead names as read, ``signal`` (default: as read) in mV.
+
+        ``meta`` gains ``file`` (the header, relative to the dataset) and, when reading had to repair the
+        header, ``header_fix``.
+        """
+        meta = {"file": file, **(meta or {})}
+        if data.header_fix:
+            meta["header_fix"] = data.header_fix
+        return EcgRecord(
+            source=self.name,
+            record_id=record_id,
+            signal=data.signal if signal is None else signal,
+            fs=data.fs,
+            lead_names=data.lead_names,
+            report=report,
+            patient_id=patient_id,
+            labels=labels or {},
+            meta=meta,
+        )
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_cache")}

@@ -103,21 +103,17 @@ class ChallengeSource(Source):
             labels["snomed_unmapped"] = unmapped
         if "chagas label" in fields:
             labels["chagas"] = _as_bool_label(fields["chagas label"])
-        meta: dict = {"file": f"{item}.hea"}
-        for key in ("age", "sex", "exam id"):
-            if key in fields and fields[key].lower() not in ("unknown", "nan", ""):
-                meta[key.replace(" ", "_")] = fields[key]
-        if data.header_fix:
-            meta["header_fix"] = data.header_fix
-        patient = fields.get("patient id") or None
-        return EcgRecord(
-            source=self.name,
+        meta = {
+            key.replace(" ", "_"): fields[key]
+            for key in ("age", "sex", "exam id")
+            if key in fields and fields[key].lower() not in ("unknown", "nan", "")
+        }
+        return self.record(
+            data,
             record_id=item,
-            signal=data.signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
+            file=f"{item}.hea",
             report=report,
-            patient_id=patient,
+            patient_id=fields.get("patient id") or None,
             labels=labels,
             meta=meta,
         )

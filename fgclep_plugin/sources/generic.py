@@ -88,17 +88,11 @@ class GenericSource(Source):
         data = read_wfdb(path, physical=True)
         skip = {self.record_column, self.report_column, self.patient_column}
         cols = self.label_columns if self.label_columns is not None else [c for c in row if c not in skip]
-        meta: dict = {"file": f"{item}.hea"}
-        if data.header_fix:
-            meta["header_fix"] = data.header_fix
-        return EcgRecord(
-            source=self.name,
+        return self.record(
+            data,
             record_id=item,
-            signal=data.signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
+            file=f"{item}.hea",
             report=report,
             patient_id=row.get(self.patient_column) or None,
             labels={c: row.get(c, "") for c in cols},
-            meta=meta,
         )

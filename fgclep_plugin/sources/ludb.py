@@ -106,7 +106,7 @@ class LudbSource(Source):
         if digital.shape[0] != len(gains) or np.any(gains <= 0):
             raise RejectError("bad-header", f"{path}.hea: ADC gains {data.adc_gain}")
         digital[data.signal == -32768] = np.nan  # WFDB format-16 invalid sample
-        meta: dict = {"file": f"{item}.hea"}
+        meta: dict = {}
         if self.correct_gain and len(set(data.adc_gain)) > 1:
             signal = digital / self.adc_gain
             meta["adc_gain_correction"] = {
@@ -122,14 +122,13 @@ class LudbSource(Source):
         fields = comment_fields(data.comments)
         rid = Path(item).name
         meta.update({"age": fields.get("<age>"), "sex": fields.get("<sex>")})
-        return EcgRecord(
-            source=self.name,
+        return self.record(
+            data,
             record_id=rid,
-            signal=signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
+            file=f"{item}.hea",
             report=report,
             patient_id=rid,  # LUDB: 200 records from 200 subjects
             labels=self._table().get(rid, {}),
             meta=meta,
+            signal=signal,
         )

@@ -198,18 +198,10 @@ class MimicSource(Source):
             list(statements), patterns, self.min_words, where, self.drop_uninformative
         )
         data = read_wfdb(path, physical=True)
-        meta: dict = {"file": f"{rel}.hea", "study_id": study, "split": self.split_of(subject)}
+        meta: dict = {"study_id": study, "split": self.split_of(subject)}
         if dropped:
             meta["report_dropped"] = dropped
         meta["machine_measurements"] = {k: v for k, v in zip(MEASUREMENT_COLUMNS, measurements) if v}
-        return EcgRecord(
-            source=self.name,
-            record_id=study,
-            signal=data.signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
-            report=report,
-            patient_id=subject,
-            labels={},
-            meta=meta,
+        return self.record(
+            data, record_id=study, file=f"{rel}.hea", report=report, patient_id=subject, meta=meta
         )

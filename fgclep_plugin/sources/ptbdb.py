@@ -53,14 +53,12 @@ class PtbdbSource(Source):
         fields = comment_fields(data.comments)
         report = require_report(ptbdb_report(fields), f"{path}.hea", self.min_words)
         parent = Path(item).parent.name
-        return EcgRecord(
-            source=self.name,
+        return self.record(
+            data,
             record_id=item,
-            signal=data.signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
+            file=f"{item}.hea",
             report=report,
             patient_id=parent if parent.startswith("patient") else None,
             labels={k: fields[k] for k in REPORT_FIELDS if k in fields},
-            meta={"file": f"{item}.hea", "age": fields.get("age"), "sex": fields.get("sex")},
+            meta={"age": fields.get("age"), "sex": fields.get("sex")},
         )

@@ -125,20 +125,13 @@ class PtbxlSource(Source):
         fold = (row.get("strat_fold") or "").strip()
         if fold:
             labels["strat_fold"] = int(float(fold))
-        meta = {
-            "file": f"{Path(path).relative_to(self.root).as_posix()}.hea",
-            "age": row.get("age") or None,
-            "sex": row.get("sex") or None,
-        }
         patient = row.get("patient_id") or None
-        return EcgRecord(
-            source=self.name,
+        return self.record(
+            data,
             record_id=item,
-            signal=data.signal,
-            fs=data.fs,
-            lead_names=data.lead_names,
+            file=f"{Path(path).relative_to(self.root).as_posix()}.hea",
             report=report,
             patient_id=str(int(float(patient))) if patient else None,
             labels=labels,
-            meta=meta,
+            meta={"age": row.get("age") or None, "sex": row.get("sex") or None},
         )
