@@ -18,15 +18,13 @@ from pathlib import Path
 import open_clip
 import pytest
 import torch
+from train_helpers import LUDB_TEST, LUDB_ZEROSHOT, tiny_run_argv
 
 import fgclep_plugin  # noqa: F401  (registers the FGCLEP model configs)
 from fgclep_plugin.hooks import register
 from fgclep_plugin.reader import iter_samples
 from fgclep_plugin.train import accelerate_cpu_command
 
-ROOT = Path(__file__).resolve().parents[1]
-LUDB_TRAIN = str(ROOT / "shards" / "ludb" / "ludb-train-{000000..000002}.tar")
-LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
 GLOBAL_BATCH = 16
 
 
@@ -34,32 +32,9 @@ def launch(tmp: Path, name: str, processes: int, *extra: str) -> subprocess.Comp
     """Run the training entry point under ``accelerate launch`` on CPU; returns the finished process."""
     cmd = [
         *accelerate_cpu_command(processes),
-        "--model",
-        "FGCLEP-Tiny",
-        "--train-data",
-        LUDB_TRAIN,
-        "--train-num-samples",
-        str(2 * GLOBAL_BATCH),
-        "--batch-size",
-        str(GLOBAL_BATCH // processes),
-        "--workers",
-        "0",
+        *tiny_run_argv(tmp, name, 2 * GLOBAL_BATCH, GLOBAL_BATCH // processes),
         "--epochs",
         "1",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-        "--seed",
-        "0",
-        "--logs",
-        str(tmp),
-        "--name",
-        name,
         "--loss-log",
         str(tmp / f"{name}-loss"),
         "--ecg-deterministic-data",
@@ -86,12 +61,7 @@ def one_process(tmp_path_factory) -> Path:
         tmp,
         "one",
         1,
-        "--ecg-zeroshot-data",
-        LUDB_TEST,
-        "--ecg-zeroshot-label-key",
-        "Rhythms",
-        "--zeroshot-frequency",
-        "1",
+        *LUDB_ZEROSHOT,
     )
     return tmp
 
@@ -145,12 +115,7 @@ def test_two_processes_match_one_process_first_step_and_resume(one_process, tmp_
         "2",
         "--resume",
         "latest",
-        "--ecg-zeroshot-data",
-        LUDB_TEST,
-        "--ecg-zeroshot-label-key",
-        "Rhythms",
-        "--zeroshot-frequency",
-        "1",
+        *LUDB_ZEROSHOT,
     )
     log = (tmp_path / "two" / "out.log").read_text()
     assert "=> resuming checkpoint" in log and "(epoch 1)" in log.split("=> resuming checkpoint")[-1]

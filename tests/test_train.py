@@ -12,14 +12,11 @@ import open_clip_train.main as oc_main
 import open_clip_train.train as oc_train
 import pytest
 import torch
+from train_helpers import LUDB_TEST, LUDB_TRAIN, LUDB_ZEROSHOT, tiny_run_argv
 
 from fgclep_plugin.hooks import register, training_hooks
 from fgclep_plugin.reader import iter_samples
 from fgclep_plugin.train import main, split_argv
-
-ROOT = Path(__file__).resolve().parents[1]
-LUDB_TRAIN = str(ROOT / "shards" / "ludb" / "ludb-train-{000000..000002}.tar")
-LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
 
 
 @pytest.fixture(autouse=True)
@@ -92,36 +89,8 @@ def test_cpu_module_can_be_wrapped_in_ddp_the_way_open_clip_does(tmp_path):
 
 def train_argv(logs: Path, *extra: str) -> list[str]:
     return [
-        "--model",
-        "FGCLEP-Tiny",
-        "--train-data",
-        LUDB_TRAIN,
-        "--train-num-samples",
-        "24",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--lr",
-        "1e-3",
-        "--warmup",
-        "1",
-        "--device",
-        "cpu",
-        "--precision",
-        "fp32",
-        "--logs",
-        str(logs),
-        "--name",
-        "run",
-        "--seed",
-        "0",
-        "--ecg-zeroshot-data",
-        LUDB_TEST,
-        "--ecg-zeroshot-label-key",
-        "Rhythms",
-        "--zeroshot-frequency",
-        "1",
+        *tiny_run_argv(logs, "run", 24, 8),
+        *LUDB_ZEROSHOT,
         "--init-logit-bias",
         "-4",
         *extra,
