@@ -76,44 +76,27 @@ def test_cpsc_conversion_with_summary(tmp_path, capsys):
     assert len(texts) == s["written"] and all(texts)
 
 
+def _fgclep(*args: str) -> subprocess.CompletedProcess:
+    """Run the command line in a fresh process, as a user would."""
+    cmd = [sys.executable, "-m", "fgclep_plugin.cli", *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True)
+
+
 def test_readable_errors(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fgclep_plugin.cli",
-            "shards",
-            "ludb",
-            "--root",
-            str(tmp_path / "missing"),
-            "--out",
-            str(tmp_path / "x.tar"),
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
+    r = _fgclep("shards", "ludb", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "x.tar"))
     assert r.returncode == 2
     assert "fgclep shards: error: ludb: root" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
     assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", str(tmp_path / "x.tar")]) == 2
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fgclep_plugin.cli",
-            "shards",
-            "ludb",
-            "--root",
-            str(DATA / "ludb"),
-            "--out",
-            str(tmp_path / "x-%06d.tar"),
-            "--option",
-            "colour=blue",
-        ],
-        check=False,
-        capture_output=True,
-        text=True,
+    r = _fgclep(
+        "shards",
+        "ludb",
+        "--root",
+        str(DATA / "ludb"),
+        "--out",
+        str(tmp_path / "x-%06d.tar"),
+        "--option",
+        "colour=blue",
     )
     assert r.returncode == 2 and "has no option(s) colour" in r.stderr
     out = str(tmp_path / "y-%06d.tar")
