@@ -11,6 +11,17 @@ from scipy.signal import resample_poly
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# (source name, folder under DATA, source options): every folder of real WFDB records the tests convert.
+REAL_FOLDERS = [
+    ("ludb", "ludb", {}),
+    ("georgia", "cinc2021", {}),
+    ("cpsc2018", "cpsc2018", {}),
+    ("chapman", "chapman", {}),
+    ("ptbxl", "ptbxl", {"rate": 100}),
+    ("ptbdb", "ptbdb", {}),
+    ("code15", "code15", {}),
+]
+
 # Canonical order: I, II, III, aVR, aVL, aVF. Each relation is sum(coef * lead) == 0 for a true 12-lead ECG.
 # The last three (together equivalent to aVR + aVL + aVF = 0 given II = I + III) also tell aVL from aVF.
 RELATIONS: dict[str, dict[int, float]] = {

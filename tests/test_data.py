@@ -221,7 +221,9 @@ def test_resampled_shards_differ_per_epoch_and_follow_seed_with_workers_0(shard_
     urls = str(shard_dir / "toy-{000000..000002}.tar")
 
     def draws(seed: str) -> tuple[list[str], list[str]]:
-        args = make_args("--train-data", urls, "--dataset-resampled", "--train-num-samples", "40", "--seed", seed)
+        args = make_args(
+            "--train-data", urls, "--dataset-resampled", "--train-num-samples", "40", "--seed", seed
+        )
         info = get_ecg_wds_dataset(args, first_value, True, tokenizer=number_tokenizer)
         return resampled_shard_urls(info, 0), resampled_shard_urls(info, 1)
 

@@ -10,23 +10,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import wfdb
-from sources_helpers import DATA, RELATIONS, device_step, einthoven_excess, resample_l1_gain
+from sources_helpers import DATA, REAL_FOLDERS, RELATIONS, device_step, einthoven_excess, resample_l1_gain
 
-from fgclep_plugin.ecg import LEADS, canonical_lead_name, canonicalize
+from fgclep_plugin.ecg import LEADS, LIMB, canonical_lead_name, canonicalize
 from fgclep_plugin.records import RejectError
 from fgclep_plugin.sources import make_source
 from fgclep_plugin.sources.wfdb_io import read_wfdb
 
-LIMB = {"I", "II", "III", "aVR", "aVL", "aVF"}
-CASES = [
-    ("ludb", "ludb", {}),
-    ("georgia", "cinc2021", {}),
-    ("cpsc2018", "cpsc2018", {}),
-    ("chapman", "chapman", {}),
-    ("ptbxl", "ptbxl", {"rate": 100}),
-    ("ptbdb", "ptbdb", {}),
-    ("code15", "code15", {}),
-]
+CASES = REAL_FOLDERS
+CODE15 = next(c for c in CASES if c[0] == "code15")
 
 
 def _converted(name: str, folder: str, options: dict, limit: int | None = None):
@@ -66,7 +58,7 @@ def test_code15_obeys_einthoven_on_the_typical_sample_and_order_is_right():
     """CODE-15 as distributed breaks the law at its extremes (clipped leads; residuals of 11-30 uV after its
     own resampling, up to volts in saturated records), so the typical (median) sample is checked against the
     bound, and every record must fit the true lead order far better than one with aVL and aVF swapped."""
-    converted = _converted(*CASES[-1])
+    converted = _converted(*CODE15)
     assert len(converted) > 250
     for rec, x, step_mv in converted:
         excess = einthoven_excess(x, step_mv, rec.fs, stat=np.median)

@@ -212,7 +212,6 @@ def test_mimic_source_pickles(mimic_root):
     np.testing.assert_array_equal(clone.load(item).signal, first.signal)
 
 
-
 def test_measurement_table_is_parsed_once_per_process(mimic_root, monkeypatch):
     """Workers get a fresh (unpickled) source per shard: the big table must not be re-read for every shard."""
     from fgclep_plugin.sources import mimic
@@ -231,7 +230,6 @@ def test_measurement_table_is_parsed_once_per_process(mimic_root, monkeypatch):
     reports = {pickle.loads(pickle.dumps(src)).load(item).report for _ in range(4)}
     assert reports == {src.load(item).report}
     assert reads.count("machine_measurements.csv") == 1
-
 
 
 def test_mimic_tree_to_shards_with_workers(mimic_root, tmp_path):

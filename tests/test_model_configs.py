@@ -125,7 +125,9 @@ def test_lock_text_with_unlocked_layers_on_the_bert_text_tower():
     layers = {n.split(".")[3] for n in trainable if n.startswith("transformer.encoder.layer.")}
     assert layers == {"4", "5"}  # the last two of the six encoder layers
     assert not any("embeddings" in n for n in trainable) and any(n.startswith("proj") for n in trainable)
-    open_clip.create_model("FGCLEP-ResNet1d18-MiniLM").lock_text_tower(unlocked_layers=0)  # full lock still works
+    open_clip.create_model("FGCLEP-ResNet1d18-MiniLM").lock_text_tower(
+        unlocked_layers=0
+    )  # full lock still works
 
 
 def test_pkg_placeholder_errors_name_the_package():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.io
 import wfdb
-from sources_helpers import DATA
+from sources_helpers import DATA, REAL_FOLDERS
 
 from fgclep_plugin.ecg import LEADS, canonicalize
 from fgclep_plugin.records import RejectError
@@ -20,15 +20,7 @@ from fgclep_plugin.sources.challenge import ChallengeSource
 from fgclep_plugin.sources.ptbxl import parse_scp_codes
 from fgclep_plugin.sources.snomed import PACKAGED_TABLE, build_table, load_names
 
-FOLDERS = [
-    ("ludb", "ludb", {}),
-    ("georgia", "cinc2021", {}),
-    ("cpsc2018", "cpsc2018", {}),
-    ("chapman", "chapman", {}),
-    ("ptbxl", "ptbxl", {"rate": 100}),
-    ("code15", "code15", {}),
-    ("ptbdb", "ptbdb", {}),
-]
+FOLDERS = REAL_FOLDERS
 
 
 def convert_all(name: str, folder: str, options: dict) -> tuple[collections.Counter, list]:

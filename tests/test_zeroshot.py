@@ -169,7 +169,9 @@ def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
     labels = [[list(codes)[int(v)]] for v in ecgs[:, 0, 0]]
     data = {DATA_KEY: ZeroShotData([(ecgs, labels)], prompt_text=zs.prompt_text)}
     run = Namespace(zeroshot_frequency=1, epochs=1, model="unused", device="cpu", precision="fp32")
-    assert ecg_zero_shot_eval(OracleModel(), data, 1, run, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"] == 1.0
+    assert (
+        ecg_zero_shot_eval(OracleModel(), data, 1, run, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"] == 1.0
+    )
 
 
 def test_prompt_file_errors_name_the_file(tmp_path):
