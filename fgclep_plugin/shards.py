@@ -37,6 +37,7 @@ from .ecg import canonicalize
 from .records import EcgRecord, RejectError
 
 STATE_DIR = ".fgclep-state"
+SHARD_NUMBER = re.compile(r"%0?(\d*)d")  # the shard number in --out, e.g. %06d
 
 
 class Source(Protocol):
@@ -242,8 +243,8 @@ def write_shards(
     t0 = time.time()
     if (
         "%" in str(Path(out).parent)
-        or len(re.findall(r"%0?\d*d", Path(out).name)) != 1
-        or "%" in re.sub(r"%0?\d*d", "", Path(out).name)
+        or len(SHARD_NUMBER.findall(Path(out).name)) != 1
+        or "%" in SHARD_NUMBER.sub("", Path(out).name)
     ):
         raise ValueError(f"--out must contain a shard number pattern such as NAME-%06d.tar, got {out!r}")
     if maxcount < 1:
@@ -286,7 +287,6 @@ def write_shards(
         if log and done_before:
             log(f"resuming: {n_shards - len(jobs)} of {n_shards} shards already complete")
 
-        counter = mp.Value("l", 0)
         bar = tqdm(total=len(items), initial=done_before, unit="ecg", desc=name, disable=not progress)
         if workers <= 1 or len(jobs) <= 1:
             _init_worker(None, lambda: bar.update(1))
@@ -296,10 +296,8 @@ def write_shards(
             finally:
                 _init_worker(None)
         else:
-            ctx = mp.get_context("spawn" if os.environ.get("FGCLEP_SPAWN") else "fork")
-            with ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_init_worker, initargs=(counter,)
-            ) as ex:
+            counter = mp.Value("l", 0)  # records done, summed over the worker processes
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(counter,)) as ex:
                 pending = {
                     ex.submit(write_one_shard, source, its, sp, st, canon_opts) for _, its, sp, st in jobs
                 }
@@ -346,7 +344,7 @@ def write_shards(
 
 def out_pattern_to_brace(pattern: str, n_shards: int) -> str:
     """``NAME-%06d.tar`` with 3 shards -> ``NAME-{000000..000002}.tar`` (open_clip's --train-data form)."""
-    m = re.search(r"%0?(\d*)d", pattern)
+    m = SHARD_NUMBER.search(pattern)
     width = int(m.group(1) or 0)
     first, last = f"{0:0{width}d}", f"{n_shards - 1:0{width}d}"
     rng = first if n_shards == 1 else f"{{{first}..{last}}}"
