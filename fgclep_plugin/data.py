@@ -13,14 +13,11 @@ one-process run with ``N`` times the batch size (used to compare distributed and
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,7 +33,7 @@ from open_clip_train.data import (
 )
 from webdataset.filters import _shuffle
 
-from .reader import decode_sample
+from .reader import decode_sample, read_sizes
 
 log = logging.getLogger(__name__)
 
@@ -244,32 +241,10 @@ def get_ecg_wds_dataset(
 
 
 def dataset_size(urls: str) -> int | None:
-    """Number of samples in ``urls`` from the ``sizes.json`` beside each shard (None if there is none).
-
-    Unlike ``open_clip_train.data.get_dataset_size``, which reads only the first shard's directory, every
-    directory of a ``::``-joined set is read. A shard missing from its directory's ``sizes.json`` raises
-    ``RuntimeError`` naming both. Without any ``sizes.json`` open_clip's lookup (``__len__`` file) decides.
-    """
-    shards = expand_urls(urls)[0]
-    by_dir: dict[str, dict | None] = {}
-    for shard in shards:
-        d = os.path.dirname(shard)
-        if d not in by_dir:
-            path = os.path.join(d, "sizes.json")
-            by_dir[d] = json.loads(Path(path).read_text()) if os.path.isfile(path) else None
-    if all(sizes is None for sizes in by_dir.values()):
-        return get_dataset_size(urls)[0]
-    total = 0
-    for shard in shards:
-        d = os.path.dirname(shard)
-        sizes, name = by_dir[d], os.path.basename(shard)
-        if sizes is None or name not in sizes:
-            raise RuntimeError(
-                f"shard {shard} is not listed in {os.path.join(d, 'sizes.json')}: regenerate sizes.json "
-                "or pass --train-num-samples"
-            )
-        total += int(sizes[name])
-    return total
+    """Number of samples in ``urls``: :func:`fgclep_plugin.reader.read_sizes` (every folder's ``sizes.json``),
+    or open_clip's lookup (``__len__`` file) when there is no ``sizes.json``."""
+    total = read_sizes(urls)
+    return get_dataset_size(urls)[0] if total is None else total
 
 
 def _size_or_zero(shards: str) -> int:

@@ -10,7 +10,8 @@ import io
 import json
 import os
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -38,7 +39,9 @@ def decode_npy(data: bytes, name: str = "") -> np.ndarray:
     if dtype.hasobject:
         raise ValueError(f"{name}: object arrays cannot be loaded when allow_pickle=False")
     arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=buf.tell())
-    arr = arr.reshape(shape, order="F" if fortran else "C").copy()  # writable, owns its memory (torch wants it)
+    arr = arr.reshape(
+        shape, order="F" if fortran else "C"
+    ).copy()  # writable, owns its memory (torch wants it)
     if arr.shape != (len(LEADS), N_SAMPLES):
         raise ValueError(f"{name}: ECG array has shape {arr.shape}, expected {(len(LEADS), N_SAMPLES)}")
     return arr
@@ -154,24 +157,29 @@ def iter_samples(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
         yield decode_sample(raw)
 
 
-def read_sizes(urls: str | Sequence[str]) -> int:
-    """Total number of samples in ``urls`` according to the ``sizes.json`` beside each shard."""
+def read_sizes(urls: str | Sequence[str]) -> int | None:
+    """Total number of samples in ``urls`` from the ``sizes.json`` beside each shard; None if no folder has one.
+
+    Every folder of a ``::``-joined set is read (open_clip's own lookup reads only the first shard's). A shard
+    missing from its folder's ``sizes.json`` raises ``RuntimeError`` naming both.
+    """
+    shards = expand_urls(urls)
+    by_dir: dict[str, dict | None] = {}
+    for shard in shards:
+        d = os.path.dirname(shard)
+        if d not in by_dir:
+            path = os.path.join(d, "sizes.json")
+            by_dir[d] = json.loads(Path(path).read_text()) if os.path.isfile(path) else None
+    if all(sizes is None for sizes in by_dir.values()):
+        return None
     total = 0
-    cache: dict[str, dict[str, int]] = {}
-    for url in expand_urls(urls):
-        d = os.path.dirname(url)
-        if d not in cache:
-            with open(os.path.join(d, "sizes.json")) as f:
-                cache[d] = json.load(f)
-        total += int(cache[d][os.path.basename(url)])
+    for shard in shards:
+        d = os.path.dirname(shard)
+        sizes, name = by_dir[d], os.path.basename(shard)
+        if sizes is None or name not in sizes:
+            raise RuntimeError(
+                f"shard {shard} is not listed in {os.path.join(d, 'sizes.json')}: regenerate sizes.json "
+                "or pass --train-num-samples"
+            )
+        total += int(sizes[name])
     return total
-
-
-def stack(samples: Iterable[dict[str, Any]]) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
-    """Collect samples into (ecgs ``[N, 12, 5000]`` float16, texts, metas): for small evaluation sets only."""
-    ecgs, texts, metas = [], [], []
-    for s in samples:
-        ecgs.append(s["ecg"])
-        texts.append(s["text"])
-        metas.append(s["meta"])
-    return np.stack(ecgs) if ecgs else np.zeros((0, len(LEADS), N_SAMPLES), np.float16), texts, metas
