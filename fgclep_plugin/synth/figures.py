@@ -16,7 +16,7 @@ import numpy as np
 from ..ecgplot import paper_size_mm, plot_ecg12
 from .cases import simulate_case
 from .geometry import LEAD_NAMES
-from .ludb import DIGITAL_UNITS_PER_MV, measure_normals, normal_record_ids
+from .ludb import measure_normals, normal_record_ids
 from .realism import INTERVALS, compare_ranges, format_rows, synthetic_normals
 
 LUDB_DEFAULT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ludb"
@@ -25,10 +25,10 @@ SYNTH_COLOR, LUDB_COLOR = "#1f77b4", "#d62728"
 
 
 def _ludb_signal(root: Path, rec_id: str) -> tuple[np.ndarray, list[str]]:
-    import wfdb
+    from ..sources.ludb import LudbSource
 
-    rec = wfdb.rdrecord(str(root / "data" / rec_id), physical=False)
-    return rec.d_signal.T.astype(float) / DIGITAL_UNITS_PER_MV, list(rec.sig_name)
+    rec = LudbSource(root).load(rec_id)  # the converter's reading: one common gain for all leads
+    return rec.signal, list(rec.lead_names)
 
 
 def _first_normal_case(seed: int) -> tuple[np.ndarray, str]:

@@ -6,7 +6,8 @@ any findings column of ``ludb.csv``. Global intervals per beat use the earliest 
 the 12 leads (the clinical convention); a record's value is the median over its beats.
 
 Amplitudes: LUDB's stored digital samples share one scale across leads (they obey Einthoven's law there) while
-the header gains normalise every lead to 1 mV peak-to-peak; we read the digital samples at 1000 units/mV.
+the header gains normalise every lead to 1 mV peak-to-peak; signals are read by the LUDB converter
+(:class:`fgclep_plugin.sources.ludb.LudbSource`, one common gain of 1000 units/mV).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ FINDING_COLUMNS = (
     "Non-specific repolarization abnormalities",
     "Other states",
 )
-DIGITAL_UNITS_PER_MV = 1000.0
 _EXT = [n.lower() for n in LEAD_NAMES]
 
 
@@ -62,11 +62,13 @@ def measure_record(root: str | Path, rec_id: str) -> dict:
     """Median global PR, QRS, QT (ms), HR (bpm) and median per-lead R/S/T amplitudes (mV) of one record."""
     import wfdb
 
+    from ..sources.ludb import LudbSource
+
     base = str(Path(root) / "data" / rec_id)
-    rec = wfdb.rdrecord(base, physical=False)
+    rec = LudbSource(root).load(rec_id)  # the converter's own reading: one common gain for all leads
     fs = float(rec.fs)
-    names = [n.lower() for n in rec.sig_name]
-    sig = rec.d_signal.astype(float) / DIGITAL_UNITS_PER_MV
+    names = [n.lower() for n in rec.lead_names]
+    sig = rec.signal.T
     waves = {ext: _waves(wfdb.rdann(base, ext)) for ext in _EXT}
     ref = [pk for _, pk, _ in waves["ii"]["N"]]
     beats = []
