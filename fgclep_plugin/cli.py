@@ -13,8 +13,8 @@ from typing import Any
 SUBCOMMAND_MODULES = (
     "fgclep_plugin.synth.cli",
     "fgclep_plugin.demo",
-    "fgclep_plugin.inspect_shards",
-    "fgclep_plugin.bench_shards",
+    "fgclep_plugin.ecgdata.inspect",
+    "fgclep_plugin.bench.shards",
 )
 
 
@@ -43,8 +43,8 @@ def _parse_range(text: str) -> slice:
 
 def run_shards(args: argparse.Namespace) -> int:
     """``fgclep shards``: convert a dataset into WebDataset ECG shards."""
-    from .shards import write_shards
-    from .sources import make_source
+    from .ecgdata.shards import write_shards
+    from .ecgdata.sources import make_source
 
     if args.limit is not None and args.limit < 0:
         raise ValueError(f"--limit must be a number of items (>= 0), got {args.limit}")
@@ -59,14 +59,14 @@ def run_shards(args: argparse.Namespace) -> int:
         source, args.out, args.maxcount, args.workers, items=items, canon_opts=canon, progress=not args.quiet
     )
     if args.summary_json:
-        from .shards import atomic_write_json
+        from .ecgdata.shards import atomic_write_json
 
         atomic_write_json(args.summary_json, summary)
     return 0
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    from .sources import SOURCES, source_options_help
+    from .ecgdata.sources import SOURCES, source_options_help
 
     p = sub.add_parser(
         "shards",
@@ -112,7 +112,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sources(sub: argparse._SubParsersAction) -> None:
-    from .sources import SOURCES, source_options_help
+    from .ecgdata.sources import SOURCES, source_options_help
 
     p = sub.add_parser("sources", help="list the dataset readers and their options")
     p.add_argument("name", nargs="?", choices=sorted(SOURCES), help="show this source's options in full")

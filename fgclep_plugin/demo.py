@@ -28,8 +28,8 @@ def untrained_auc(model_name: str, zeroshot_urls: str, label_key: str, seed: int
     import open_clip
     from open_clip_train.main import random_seed
 
-    from .hooks import register
-    from .zeroshot import get_zero_shot_data, zero_shot_auc
+    from .training.hooks import register
+    from .training.zeroshot import get_zero_shot_data, zero_shot_auc
 
     register()
     random_seed(seed, 0)

@@ -75,7 +75,7 @@ def plugin_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--ecg-zeroshot-prompts",
         default=None,
-        help="JSON file {class name: prompt text}, e.g. {\"STTC\": \"ST/T change\"}: label codes read as "
+        help='JSON file {class name: prompt text}, e.g. {"STTC": "ST/T change"}: label codes read as '
         "words in the zero-shot prompts (unmapped names: underscores read as spaces)",
     )
     g.add_argument(
@@ -119,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
 
     import open_clip_train.main as oc_main
 
-    from .hooks import register, training_hooks
+    from .training.hooks import register, training_hooks
 
     register()
     with training_hooks(plugin_args), _logging_restored():

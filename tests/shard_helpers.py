@@ -7,7 +7,7 @@ from pathlib import Path
 
 import wfdb
 
-from fgclep_plugin.records import EcgRecord, RejectError
+from fgclep_plugin.ecgdata.records import EcgRecord, RejectError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LUDB = DATA / "ludb" / "data"

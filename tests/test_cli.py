@@ -11,7 +11,7 @@ import numpy as np
 from shard_helpers import DATA
 
 from fgclep_plugin.cli import main
-from fgclep_plugin.reader import iter_samples
+from fgclep_plugin.ecgdata.reader import iter_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_wheel_carries_model_configs_and_label_table(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {p.name for p in (ROOT / "model_configs").glob("*.json")}
     assert configs and {f"fgclep_plugin/model_configs/{c}" for c in configs} <= names
-    assert "fgclep_plugin/sources/snomed_names.csv" in names
+    assert "fgclep_plugin/ecgdata/sources/snomed_names.csv" in names
     assert any(n.endswith("entry_points.txt") for n in names)
 
 
@@ -168,7 +168,7 @@ def test_option_examples_in_the_help_are_real_options():
     import re
 
     from fgclep_plugin.cli import build_parser
-    from fgclep_plugin.sources import SOURCES
+    from fgclep_plugin.ecgdata.sources import SOURCES
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = next(a.help for a in sub.choices["shards"]._actions if a.dest == "option")
@@ -185,9 +185,9 @@ def test_bench_shards_runs_on_a_source_with_rejected_records(capsys):
     args = ["bench-shards", "--source", "code15", "--root", str(root), "--repeats", "1", "--scale", "2"]
     assert main([*args, "--limit", "12"]) == 0
     out = capsys.readouterr().out
-    from fgclep_plugin.ecg import canonicalize
-    from fgclep_plugin.records import RejectError
-    from fgclep_plugin.sources import make_source
+    from fgclep_plugin.ecgdata.ecg import canonicalize
+    from fgclep_plugin.ecgdata.records import RejectError
+    from fgclep_plugin.ecgdata.sources import make_source
 
     src = make_source("code15", root)
     n = 0

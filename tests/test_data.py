@@ -1,4 +1,4 @@
-"""ECG shard pipeline for open_clip training (fgclep_plugin.data)."""
+"""ECG shard pipeline for open_clip training (fgclep_plugin.training.pipeline)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from open_clip_train.params import parse_args
 
-from fgclep_plugin.data import get_ecg_data, get_ecg_labelled_loader, get_ecg_wds_dataset
-from fgclep_plugin.shards import encode_sample
+from fgclep_plugin.ecgdata.shards import encode_sample
+from fgclep_plugin.training.pipeline import get_ecg_data, get_ecg_labelled_loader, get_ecg_wds_dataset
 
 N_SHARDS, PER_SHARD = 3, 8
 
@@ -269,8 +269,8 @@ def test_second_pass_within_an_epoch_is_shuffled_anew(shard_dir):
 
 
 def test_sample_the_transform_rejects_is_skipped_with_a_warning_naming_it(tmp_path, caplog):
-    from fgclep_plugin.tower import EcgTowerCfg
-    from fgclep_plugin.transform import EcgTransform
+    from fgclep_plugin.model.tower import EcgTowerCfg
+    from fgclep_plugin.model.transform import EcgTransform
 
     nan_ecg = np.full((12, 5000), np.nan, dtype=np.float16)
     nan_sample = ("rec_nan", encode_sample("rec_nan", nan_ecg, "record 99", {"labels": {}}))

@@ -9,8 +9,8 @@ from scipy.signal import butter, decimate, filtfilt
 from scipy.signal import resample as fft_resample
 from shard_helpers import LUDB
 
-from fgclep_plugin.ecg import FS, LEADS, N_SAMPLES, canonical_lead_name, canonicalize
-from fgclep_plugin.records import EcgRecord, RejectError
+from fgclep_plugin.ecgdata.ecg import FS, LEADS, N_SAMPLES, canonical_lead_name, canonicalize
+from fgclep_plugin.ecgdata.records import EcgRecord, RejectError
 
 
 def _ludb(i: int = 2) -> tuple[np.ndarray, list[str]]:

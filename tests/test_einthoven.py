@@ -12,10 +12,10 @@ import pytest
 import wfdb
 from sources_helpers import DATA, REAL_FOLDERS, RELATIONS, device_step, einthoven_excess, resample_l1_gain
 
-from fgclep_plugin.ecg import LEADS, LIMB, canonical_lead_name, canonicalize
-from fgclep_plugin.records import RejectError
-from fgclep_plugin.sources import make_source
-from fgclep_plugin.sources.wfdb_io import read_wfdb
+from fgclep_plugin.ecgdata.ecg import LEADS, LIMB, canonical_lead_name, canonicalize
+from fgclep_plugin.ecgdata.records import RejectError
+from fgclep_plugin.ecgdata.sources import make_source
+from fgclep_plugin.ecgdata.sources.wfdb_io import read_wfdb
 
 CASES = REAL_FOLDERS
 CODE15 = next(c for c in CASES if c[0] == "code15")

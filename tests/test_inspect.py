@@ -10,7 +10,7 @@ import pytest
 from shard_helpers import DATA
 
 from fgclep_plugin.cli import main
-from fgclep_plugin.inspect_shards import find_sample, summarize
+from fgclep_plugin.ecgdata.inspect import find_sample, summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = str(ROOT / "shards/ludb/ludb-train-{000000..000002}.tar")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import SigLipLoss
 
-from fgclep_plugin.loss import FgClepLoss, create_fgclep_loss, fnm_loss
+from fgclep_plugin.model.loss import FgClepLoss, create_fgclep_loss, fnm_loss
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 DIST_IMPLS = ("bidir", "shift", "reduce", "gather")

@@ -11,10 +11,10 @@ import pytest
 import wfdb
 from sources_helpers import DATA
 
-from fgclep_plugin.ecg import LEADS, canonicalize
-from fgclep_plugin.records import RejectError
-from fgclep_plugin.sources import make_source, patient_split
-from fgclep_plugin.sources.mimic import UNINFORMATIVE, MimicSource
+from fgclep_plugin.ecgdata.ecg import LEADS, canonicalize
+from fgclep_plugin.ecgdata.records import RejectError
+from fgclep_plugin.ecgdata.sources import make_source, patient_split
+from fgclep_plugin.ecgdata.sources.mimic import UNINFORMATIVE, MimicSource
 
 SCHEMA = DATA / "mimic_iv_ecg_schema"
 MIMIC_ORDER = ["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -214,7 +214,7 @@ def test_mimic_source_pickles(mimic_root):
 
 def test_measurement_table_is_parsed_once_per_process(mimic_root, monkeypatch):
     """Workers get a fresh (unpickled) source per shard: the big table must not be re-read for every shard."""
-    from fgclep_plugin.sources import mimic
+    from fgclep_plugin.ecgdata.sources import mimic
 
     mimic.read_measurements.cache_clear()
     reads = []
@@ -233,8 +233,8 @@ def test_measurement_table_is_parsed_once_per_process(mimic_root, monkeypatch):
 
 
 def test_mimic_tree_to_shards_with_workers(mimic_root, tmp_path):
-    from fgclep_plugin.reader import iter_samples
-    from fgclep_plugin.shards import write_shards
+    from fgclep_plugin.ecgdata.reader import iter_samples
+    from fgclep_plugin.ecgdata.shards import write_shards
 
     src = make_source("mimic", mimic_root)
     summary = write_shards(

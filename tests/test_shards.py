@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from shard_helpers import LudbWfdb
 
-from fgclep_plugin.ecg import canonicalize
-from fgclep_plugin.reader import expand_urls, iter_samples, read_sizes
-from fgclep_plugin.shards import out_pattern_to_brace, write_shards
+from fgclep_plugin.ecgdata.ecg import canonicalize
+from fgclep_plugin.ecgdata.reader import expand_urls, iter_samples, read_sizes
+from fgclep_plugin.ecgdata.shards import out_pattern_to_brace, write_shards
 
 IDS = [str(i) for i in range(1, 13)] + ["no-such-record"]
 
@@ -64,7 +64,7 @@ _KILLABLE = """
 import sys
 sys.path.insert(0, {tests!r})
 from shard_helpers import LudbWfdb
-from fgclep_plugin.shards import write_shards
+from fgclep_plugin.ecgdata.shards import write_shards
 ids = [str(i) for i in range(1, 41)]
 write_shards(LudbWfdb(ids, delay={delay}), {out!r}, maxcount=4, workers={workers}, progress=False)
 """
@@ -110,7 +110,7 @@ def test_url_forms(tmp_path):
 def test_decode_refuses_pickled_and_misshapen_arrays(tmp_path):
     import io
 
-    from fgclep_plugin.reader import decode_sample
+    from fgclep_plugin.ecgdata.reader import decode_sample
 
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -126,7 +126,7 @@ def test_decode_refuses_pickled_and_misshapen_arrays(tmp_path):
 def test_tar_walker_agrees_with_tarfile(tmp_path, fmt):
     import io
 
-    from fgclep_plugin.reader import iter_tar
+    from fgclep_plugin.ecgdata.reader import iter_tar
 
     path = tmp_path / "t.tar"
     long = (
@@ -153,7 +153,7 @@ def test_tar_walker_agrees_with_tarfile(tmp_path, fmt):
 
 
 def test_canonicalisation_rejects_name_the_file(tmp_path):
-    from fgclep_plugin.sources import make_source
+    from fgclep_plugin.ecgdata.sources import make_source
 
     src = make_source("ludb", LudbWfdb.LUDB_ROOT)
     s = write_shards(
@@ -263,3 +263,40 @@ def test_defaults_given_explicitly_resume_the_same_run(tmp_path):
         write_shards(LudbWfdb(IDS[:4]), out, 2, 1, canon_opts={"crop": "center"}, progress=False, log=None)
     with pytest.raises(ValueError, match="unknown canonicalisation option.*min_secs"):
         write_shards(LudbWfdb(IDS[:4]), out, 2, 1, canon_opts={"min_secs": 5}, progress=False, log=None)
+
+
+class _ShardCopy:
+    """A source that re-emits the samples of a shard set as canonical samples (as stage 2 does)."""
+
+    name = "copy"
+
+    def __init__(self, urls: str, broken_key: str | None = None):
+        self.samples = {s["__key__"]: s for s in iter_samples(urls)}
+        self.broken_key = broken_key
+
+    def items(self):
+        return list(self.samples)
+
+    def load(self, key):
+        from fgclep_plugin.ecgdata.records import CanonicalSample
+
+        s = self.samples[key]
+        ecg = s["ecg"][:, :100] if key == self.broken_key else s["ecg"]
+        return CanonicalSample(key, ecg, s["text"] + " extra.", {**s["meta"], "copied": True})
+
+
+def test_writer_stores_canonical_samples_as_they_are_and_rejects_wrong_shapes(tmp_path):
+    src_set = write_shards(
+        LudbWfdb(IDS[:4]), str(tmp_path / "a" / "x-%06d.tar"), 10, 1, progress=False, log=None
+    )
+    originals = list(iter_samples(src_set["urls"]))
+    copy = _ShardCopy(src_set["urls"], broken_key=originals[2]["__key__"])
+    s = write_shards(copy, str(tmp_path / "b" / "y-%06d.tar"), 2, 1, progress=False, log=None)
+    assert s["written"] == 3 and s["rejected"] == {"not-canonical": 1}
+    rejects = (tmp_path / "b" / "y.rejects.jsonl").read_text()
+    assert originals[2]["__key__"] in rejects and "(12, 100)" in rejects
+    out = {x["__key__"]: x for x in iter_samples(s["urls"])}
+    for o in originals[:2] + originals[3:]:
+        x = out[o["__key__"]]
+        np.testing.assert_array_equal(x["ecg"], o["ecg"])  # not canonicalised again
+        assert x["text"] == o["text"] + " extra." and x["meta"]["copied"] is True

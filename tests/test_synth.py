@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from fgclep_plugin.ecg import LEADS
+from fgclep_plugin.ecgdata.ecg import LEADS
 from fgclep_plugin.synth.cases import simulate_case
 from fgclep_plugin.synth.geometry import LEAD_INDEX, LEAD_NAMES, frontal_axis_deg
 from fgclep_plugin.synth.simulator import TERRITORY_LEADS, EcgSpec, NoiseSpec, render
@@ -150,7 +150,7 @@ def test_reports_state_diagnoses_and_rarely_features():
 
 
 def test_shards_round_trip_and_regenerate_only_when_missing(tmp_path):
-    from fgclep_plugin.reader import expand_urls, iter_samples
+    from fgclep_plugin.ecgdata.reader import expand_urls, iter_samples
     from fgclep_plugin.synth.corpus import ensure_synth_corpus
 
     sizes = {"train": 12, "val": 4, "test": 4}
@@ -216,7 +216,7 @@ def test_clinical_plot_draws_by_lead_name(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fgclep_plugin.ecgplot import plot_ecg12
+    from fgclep_plugin.ecgdata.plot import plot_ecg12
 
     rec = synth_record(0, "test", 0)
     order = [5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 10, 11]  # shuffled limb leads: placement must follow names
@@ -264,7 +264,7 @@ def test_concurrent_ensure_calls_take_turns(tmp_path, capsys):
     import fcntl
     import threading
 
-    from fgclep_plugin.reader import iter_samples
+    from fgclep_plugin.ecgdata.reader import iter_samples
     from fgclep_plugin.synth.corpus import ensure_synth_corpus
 
     sizes = {"train": 0, "val": 3, "test": 0}
@@ -294,7 +294,7 @@ def test_amplitudes_stay_physiological():
 def test_cli_reports_rejected_records(tmp_path, capsys, monkeypatch):
     """A record the writer rejects must be reported by ``fgclep synth``, not hidden behind a smaller count."""
     from fgclep_plugin.cli import main
-    from fgclep_plugin.records import RejectError
+    from fgclep_plugin.ecgdata.records import RejectError
 
     load = SynthSource.load
 

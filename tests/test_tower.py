@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fgclep_plugin.tower import ARCHS, EcgTower, EcgTowerCfg, build_ecg_tower
-from fgclep_plugin.transform import EcgTransform, ecg_transforms
+from fgclep_plugin.model.tower import ARCHS, EcgTower, EcgTowerCfg, build_ecg_tower
+from fgclep_plugin.model.transform import EcgTransform, ecg_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference_resnet1d import RefResNet1d50

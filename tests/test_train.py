@@ -14,9 +14,9 @@ import pytest
 import torch
 from train_helpers import LUDB_TEST, LUDB_TRAIN, LUDB_ZEROSHOT, tiny_run_argv
 
-from fgclep_plugin.hooks import register, training_hooks
-from fgclep_plugin.reader import iter_samples
+from fgclep_plugin.ecgdata.reader import iter_samples
 from fgclep_plugin.train import main, split_argv
+from fgclep_plugin.training.hooks import register, training_hooks
 
 
 @pytest.fixture(autouse=True)
@@ -172,7 +172,7 @@ def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
 
 def test_loss_log_steps_continue_after_a_resume(tmp_path):
     """A resumed run appends to the same loss log; its steps must continue, not restart at 0."""
-    from fgclep_plugin.hooks import _LossRecorder
+    from fgclep_plugin.training.hooks import _LossRecorder
 
     def fake_loss(x):
         return {"contrastive_loss": torch.tensor(x), "fnm_loss": torch.tensor(0.0)}
@@ -187,7 +187,7 @@ def test_loss_log_steps_continue_after_a_resume(tmp_path):
 
 
 def test_training_benchmark_runs_real_steps():
-    from fgclep_plugin.bench_train import bench, format_result
+    from fgclep_plugin.bench.train import bench, format_result
 
     r = bench("FGCLEP-Tiny", LUDB_TEST, batch_size=4, steps=2, warmup=1, precision="fp32", device="cpu")
     assert r["samples_per_second"] > 0 and r["peak_rss_mb"] >= r["rss_before_mb"] > 0
@@ -223,8 +223,8 @@ def test_demo_steps_per_epoch_match_the_training_pipeline(workers):
     """The demo splits the loss log into epochs; a wrong step count would shift every epoch's mean loss."""
     from open_clip_train.params import parse_args
 
-    from fgclep_plugin.data import get_ecg_wds_dataset
     from fgclep_plugin.demo import steps_per_epoch
+    from fgclep_plugin.training.pipeline import get_ecg_wds_dataset
 
     args = parse_args(["--train-data", LUDB_TRAIN, "--train-num-samples", "100", "--batch-size", "8"])
     args.workers, args.world_size, args.rank = workers, 1, 0

@@ -1,4 +1,4 @@
-"""ECG zero-shot AUC (fgclep_plugin.zeroshot)."""
+"""ECG zero-shot AUC (fgclep_plugin.training.zeroshot)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from fgclep_plugin.hooks import register
-from fgclep_plugin.zeroshot import (
+from fgclep_plugin.training.hooks import register
+from fgclep_plugin.training.zeroshot import (
     DATA_KEY,
     ECG_TEMPLATES,
     ZeroShotData,
@@ -146,8 +146,8 @@ def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
     maps each code to the words put into the templates, through the training hook."""
     import json
 
-    from fgclep_plugin.hooks import _hook_get_data
     from fgclep_plugin.train import split_argv
+    from fgclep_plugin.training.hooks import _hook_get_data
 
     codes = {"a1": "alpha", "b2": "beta", "c3": "gamma"}
     prompt_file = tmp_path / "prompts.json"
@@ -175,7 +175,7 @@ def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
 
 
 def test_prompt_file_errors_name_the_file(tmp_path):
-    from fgclep_plugin.zeroshot import load_prompt_map
+    from fgclep_plugin.training.zeroshot import load_prompt_map
 
     bad = tmp_path / "p.json"
     bad.write_text('["NORM"]')
@@ -189,8 +189,8 @@ def test_prompt_file_errors_name_the_file(tmp_path):
 def test_training_setup_rejects_a_zero_shot_label_key_the_shards_lack():
     """A typo in --ecg-zeroshot-label-key used to surface only at the first evaluation, after a whole epoch
     of training (and before that epoch's checkpoint is written)."""
-    from fgclep_plugin.hooks import _hook_get_data
     from fgclep_plugin.train import split_argv
+    from fgclep_plugin.training.hooks import _hook_get_data
 
     plugin, _ = split_argv(["--ecg-zeroshot-data", LUDB_TEST, "--ecg-zeroshot-label-key", "Rhythm"])
     args = Namespace(**vars(plugin), train_data=None, val_data=None, batch_size=4, dataset_type="auto")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..shards import exclusive_lock, write_shards
+from ..ecgdata.shards import exclusive_lock, write_shards
 from .source import SPLITS, SynthSource
 
 DEFAULT_ROOT = "data/synth"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..ecgplot import paper_size_mm, plot_ecg12
+from ..ecgdata.plot import paper_size_mm, plot_ecg12
 from .cases import simulate_case
 from .geometry import LEAD_NAMES
 from .ludb import measure_normals, normal_record_ids
@@ -25,7 +25,7 @@ SYNTH_COLOR, LUDB_COLOR = "#1f77b4", "#d62728"
 
 
 def _ludb_signal(root: Path, rec_id: str) -> tuple[np.ndarray, list[str]]:
-    from ..sources.ludb import LudbSource
+    from ..ecgdata.sources.ludb import LudbSource
 
     rec = LudbSource(root).load(rec_id)  # the converter's reading: one common gain for all leads
     return rec.signal, list(rec.lead_names)

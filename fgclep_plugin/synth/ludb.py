@@ -7,7 +7,7 @@ the 12 leads (the clinical convention); a record's value is the median over its 
 
 Amplitudes: LUDB's stored digital samples share one scale across leads (they obey Einthoven's law there) while
 the header gains normalise every lead to 1 mV peak-to-peak; signals are read by the LUDB converter
-(:class:`fgclep_plugin.sources.ludb.LudbSource`, one common gain of 1000 units/mV).
+(:class:`fgclep_plugin.ecgdata.sources.ludb.LudbSource`, one common gain of 1000 units/mV).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def measure_record(root: str | Path, rec_id: str) -> dict:
     """Median global PR, QRS, QT (ms), HR (bpm) and median per-lead R/S/T amplitudes (mV) of one record."""
     import wfdb
 
-    from ..sources.ludb import LudbSource
+    from ..ecgdata.sources.ludb import LudbSource
 
     base = str(Path(root) / "data" / rec_id)
     rec = LudbSource(root).load(rec_id)  # the converter's own reading: one common gain for all leads

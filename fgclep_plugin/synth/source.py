@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..records import EcgRecord
+from ..ecgdata.records import EcgRecord
 from .cases import ecg_class, simulate_case
 from .geometry import LEAD_NAMES
 from .reports import make_report

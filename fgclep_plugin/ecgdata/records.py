@@ -40,3 +40,14 @@ class EcgRecord:
         """WebDataset ``__key__``: unique and stable; no dots (webdataset splits keys on the first dot)."""
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{self.source}_{self.record_id}")
         return safe
+
+
+@dataclass
+class CanonicalSample:
+    """A sample that is already canonical (``[12, 5000]`` float16 at 500 Hz, e.g. read from a shard): the
+    shard writer stores it as it is, without canonicalising again. Stage 2 rewrites shards this way."""
+
+    key: str
+    ecg: np.ndarray
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)

@@ -1,6 +1,6 @@
 """Benchmark: ECG tower and small-config training throughput and peak memory on CPU.
 
-    python -m fgclep_plugin.bench_tower [--batch-size 16] [--reps 5] [--bf16]
+    python -m fgclep_plugin.bench.tower [--batch-size 16] [--reps 5] [--bf16]
 
 Prints, for forward + backward of the ECG tower (one optimiser-free step on a random batch):
   * ResNet1d50 (the paper config) against a plain reference ResNet1d50 (``benchmarks/reference_resnet1d.py``,
@@ -30,11 +30,11 @@ import torch
 
 PAPER_MODEL = "FGCLEP-ResNet1d50-BioClinicalBERT"
 SMALL_MODEL = "FGCLEP-ResNet1d18-MiniLM"
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def _vision_cfg(model_name: str) -> dict[str, Any]:
-    from .hooks import config_dir
+    from ..training.hooks import config_dir
 
     return json.loads((config_dir() / f"{model_name}.json").read_text())
 
@@ -51,7 +51,7 @@ def _reference_class() -> type[torch.nn.Module]:
 
 def _build(kind: str) -> tuple[Callable[[], None], int]:
     """A closure running one step of the named workload, and the workload's parameter count."""
-    from .tower import build_ecg_tower
+    from ..model.tower import build_ecg_tower
 
     batch, bf16 = _ARGS["batch_size"], _ARGS["bf16"]
     torch.manual_seed(0)
@@ -82,8 +82,8 @@ def _build(kind: str) -> tuple[Callable[[], None], int]:
 def _small_train_step(batch: int, bf16: bool) -> tuple[Callable[[], None], int]:
     import open_clip
 
-    from . import register
-    from .loss import FgClepLoss
+    from .. import register
+    from ..model.loss import FgClepLoss
 
     register()
     model, _, _ = open_clip.create_model_and_transforms(SMALL_MODEL, output_dict=True)

@@ -2,7 +2,7 @@
 
 Records (``.hea`` + ``.mat``/``.dat``) are discovered recursively under the root (Chapman nests them as
 ``WFDBRecords/01/010/``). The ``# Dx:`` / ``#Dx:`` SNOMED-CT codes are mapped to names through the packaged
-table (:mod:`fgclep_plugin.sources.snomed`), and the report is built from the names in header order
+table (:mod:`fgclep_plugin.ecgdata.sources.snomed`), and the report is built from the names in header order
 ("Atrial fibrillation. Left axis deviation."). Codes the table does not know stay in ``labels["snomed"]`` and
 ``labels["snomed_unmapped"]``. Other ``key: value`` comments (age, sex, patient id, Chagas label) go to
 ``meta``/``labels``. Records of any length and rate are returned as found; canonicalisation crops/resamples.

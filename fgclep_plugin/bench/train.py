@@ -7,7 +7,7 @@ figure is the model's training speed, not the disk's. Peak memory: CUDA ``max_me
 CPU the process's resident set size (RSS) sampled every millisecond during the timed steps, with the RSS
 before the first step for comparison.
 
-    python -m fgclep_plugin.bench_train [--model FGCLEP-ResNet1d18-MiniLM] [--batch-size 32] [--steps 10]
+    python -m fgclep_plugin.bench.train [--model FGCLEP-ResNet1d18-MiniLM] [--batch-size 32] [--steps 10]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import psutil
 import torch
 
 DEFAULT_SHARDS = str(
-    Path(__file__).resolve().parents[1] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar"
+    Path(__file__).resolve().parents[2] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar"
 )
 
 
@@ -54,7 +54,7 @@ def load_batches(model_name: str, shards: str, batch_size: int, n_batches: int) 
     """``n_batches`` (ecg, tokens) training batches from ``shards`` (cycled if the shards hold fewer)."""
     import open_clip
 
-    from .reader import iter_samples
+    from ..ecgdata.reader import iter_samples
 
     _, preprocess_train, _ = open_clip.create_model_and_transforms(model_name)
     tokenizer = open_clip.get_tokenizer(model_name)
@@ -79,8 +79,8 @@ def bench(
     import open_clip
     from open_clip_train.precision import get_autocast
 
-    from .hooks import register
-    from .loss import create_fgclep_loss
+    from ..model.loss import create_fgclep_loss
+    from ..training.hooks import register
 
     register()
     rss_start = psutil.Process(os.getpid()).memory_info().rss
@@ -157,7 +157,7 @@ def format_result(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
-        prog="python -m fgclep_plugin.bench_train", description=__doc__.split("\n")[0]
+        prog="python -m fgclep_plugin.bench.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM")
     p.add_argument("--shards", default=DEFAULT_SHARDS)

@@ -33,7 +33,7 @@ from open_clip_train.data import (
 )
 from webdataset.filters import _shuffle
 
-from .reader import decode_sample, read_sizes
+from ..ecgdata.reader import decode_sample, read_sizes
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def get_ecg_wds_dataset(
 
 
 def dataset_size(urls: str) -> int | None:
-    """Number of samples in ``urls``: :func:`fgclep_plugin.reader.read_sizes` (every folder's ``sizes.json``),
+    """Number of samples in ``urls``: :func:`fgclep_plugin.ecgdata.reader.read_sizes` (every folder's ``sizes.json``),
     or open_clip's lookup (``__len__`` file) when there is no ``sizes.json``."""
     total = read_sizes(urls)
     return get_dataset_size(urls)[0] if total is None else total

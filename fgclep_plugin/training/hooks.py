@@ -18,14 +18,14 @@ import open_clip.factory
 import open_clip.hf_configs
 import open_clip.model
 
-from .tower import EcgTower, build_ecg_tower, is_ecg_vision_cfg
-from .transform import ecg_transforms
+from ..model.tower import EcgTower, build_ecg_tower, is_ecg_vision_cfg
+from ..model.transform import ecg_transforms
 
 # =====================================================================================================
 # Model side: model configs, ECG tower, ECG transforms, offline text towers.
 # =====================================================================================================
 
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 PKG_PREFIX = "pkg:"
 """Config placeholder ``pkg:<package>/<path>``: a directory inside an installed Python package."""
@@ -169,7 +169,7 @@ def register() -> None:
 
 
 # Importing this module registers the plugin (cheap: open_clip is imported above). This covers
-# `import fgclep_plugin.hooks` before open_clip: the package's import hook then skips registering, because
+# `import fgclep_plugin.training.hooks` before open_clip: the package's import hook then skips registering, because
 # this module is still half-imported when open_clip finishes importing.
 register()
 
@@ -224,7 +224,7 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
     """Replaces ``open_clip_train.main.get_data``: ECG shards (``npy``+``txt``) instead of images, through
     webdataset's own tar reader (open_clip's chokes on webdataset 1.x's end-of-shard marker); adds the
     labelled ECG zero-shot set of ``--ecg-zeroshot-data``."""
-    from .data import get_ecg_data
+    from .pipeline import get_ecg_data
     from .zeroshot import DATA_KEY, check_zero_shot_data, get_zero_shot_data, load_prompt_map
 
     data = _EvalData(get_ecg_data(args, preprocess_fns, epoch=epoch, tokenizer=tokenizer))
@@ -269,7 +269,7 @@ class _LossRecorder:
 
 def _hook_create_loss(args):
     """Replaces ``open_clip_train.main.create_loss``: FG-CLEP's SigLIP + FNM loss (``create_fgclep_loss``)."""
-    from .loss import create_fgclep_loss
+    from ..model.loss import create_fgclep_loss
 
     loss = create_fgclep_loss(args)
     return _LossRecorder(loss, args.loss_log, args.rank) if getattr(args, "loss_log", None) else loss

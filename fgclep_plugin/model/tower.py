@@ -2,7 +2,7 @@
 
 The tower reads its settings from the model config's ``vision_cfg`` (see :class:`EcgTowerCfg`), so a
 checkpoint plus its config name fully describe the model: architecture, width, input rate and length,
-and the normalisation the transform applies (see ``fgclep_plugin.transform``).
+and the normalisation the transform applies (see ``fgclep_plugin.model.transform``).
 """
 
 from __future__ import annotations

@@ -33,21 +33,21 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from .ecg import canonicalize
-from .records import EcgRecord, RejectError
+from .ecg import LEADS, N_SAMPLES, canonicalize
+from .records import CanonicalSample, EcgRecord, RejectError
 
 STATE_DIR = ".fgclep-state"
 SHARD_NUMBER = re.compile(r"%0?(\d*)d")  # the shard number in --out, e.g. %06d
 
 
 class Source(Protocol):
-    """What the shard writer needs of a dataset reader (see ``fgclep_plugin.sources``)."""
+    """What the shard writer needs of a dataset reader (see ``fgclep_plugin.ecgdata.sources``)."""
 
     name: str
 
     def items(self) -> list: ...
 
-    def load(self, item: Any) -> EcgRecord: ...
+    def load(self, item: Any) -> EcgRecord | CanonicalSample: ...
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -138,6 +138,16 @@ def sample_from_record(
     return rec.key, encode_sample(rec.key, ecg, text, meta)
 
 
+def canonical_sample_members(s: CanonicalSample) -> dict[str, bytes]:
+    """Encode an already canonical sample; a wrong shape or dtype raises ``RejectError`` naming its key."""
+    shape = (len(LEADS), N_SAMPLES)
+    if s.ecg.shape != shape or s.ecg.dtype != np.float16:
+        raise RejectError(
+            "not-canonical", f"{s.key}: ECG is {s.ecg.dtype} {tuple(s.ecg.shape)}, expected float16 {shape}"
+        )
+    return encode_sample(s.key, s.ecg, s.text, s.meta)
+
+
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes, mtime: float = 0.0) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -175,7 +185,10 @@ def write_one_shard(
             for item in items:
                 try:
                     rec = source.load(item)
-                    key, members = sample_from_record(rec, canon_opts, require_text)
+                    if isinstance(rec, CanonicalSample):
+                        key, members = rec.key, canonical_sample_members(rec)
+                    else:
+                        key, members = sample_from_record(rec, canon_opts, require_text)
                     if key in seen:
                         raise RejectError("duplicate-key", f"{item}: key {key} already in this shard")
                     seen.add(key)

@@ -1,8 +1,8 @@
-"""Dataset readers ("sources"): each yields :class:`fgclep_plugin.records.EcgRecord` objects.
+"""Dataset readers ("sources"): each yields :class:`fgclep_plugin.ecgdata.records.EcgRecord` objects.
 
 A source has ``name``, ``items()`` (sorted, cheap, picklable refs) and ``load(item)`` (the expensive read, raising
-:class:`fgclep_plugin.records.RejectError` that names the file). Sources return signals as found, in mV, with
-the lead names as found; :func:`fgclep_plugin.ecg.canonicalize` does the rest. Build one with
+:class:`fgclep_plugin.ecgdata.records.RejectError` that names the file). Sources return signals as found, in mV, with
+the lead names as found; :func:`fgclep_plugin.ecgdata.ecg.canonicalize` does the rest. Build one with
 :func:`make_source`; ``source_options_help(name)`` describes its options.
 """
 

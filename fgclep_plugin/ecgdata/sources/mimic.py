@@ -12,7 +12,7 @@ paper's filters, explicit and configurable:
 
 Leads are kept as found: MIMIC stores I, II, III, aVR, **aVF, aVL**, V1-V6, and canonicalisation maps by name.
 Split by patient, never by row: ``split=train|val|test`` keeps only the studies whose ``subject_id`` hashes into
-that split (:func:`fgclep_plugin.sources.base.patient_split`), so all studies of one subject share a split.
+that split (:func:`fgclep_plugin.ecgdata.sources.base.patient_split`), so all studies of one subject share a split.
 """
 
 from __future__ import annotations

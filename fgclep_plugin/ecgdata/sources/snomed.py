@@ -4,7 +4,7 @@ The packaged ``snomed_names.csv`` is derived from the PhysioNet/CinC Challenge 2
 (``dx_mapping_scored.csv`` / ``dx_mapping_unscored.csv``, BSD-2-Clause) and the Chapman-Shaoxing/Ningbo
 ``ConditionNames_SNOMED-CT.csv`` (CC BY 4.0) by :func:`build_table`; see ``README.md`` next to it. Rebuild with::
 
-    python -m fgclep_plugin.sources.snomed LABEL_MAPS_DIR [OUT_CSV]
+    python -m fgclep_plugin.ecgdata.sources.snomed LABEL_MAPS_DIR [OUT_CSV]
 
 The Challenge's descriptive name wins where both tables know a code; the Chapman acronyms are kept in their own
 column because they differ from the Challenge's (in Chapman/CSN ``AF`` is atrial *flutter*, ``AFIB`` fibrillation).
@@ -88,7 +88,7 @@ def load_names(path: str | None = None) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m fgclep_plugin.sources.snomed LABEL_MAPS_DIR [OUT_CSV]``"""
+    """``python -m fgclep_plugin.ecgdata.sources.snomed LABEL_MAPS_DIR [OUT_CSV]``"""
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         raise SystemExit(main.__doc__)

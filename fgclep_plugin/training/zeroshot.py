@@ -22,6 +22,8 @@ import torch
 from open_clip import build_zero_shot_classifier
 from sklearn.metrics import roc_auc_score
 
+from ..model.scoring import embed_ecgs
+
 log = logging.getLogger(__name__)
 
 ECG_TEMPLATES: tuple[str, ...] = (
@@ -122,20 +124,22 @@ def zero_shot_auc(
     over ``templates``); a shared sigmoid scale and bias would not change the AUC. Returns ``auc`` (macro over
     classes present with both outcomes), ``per_class``, ``skipped``, ``n_samples``, ``class_names``.
     """
+    labels: list[list[str]] = []
+
+    def ecg_batches():
+        for ecg, batch_labels in loader:
+            labels.extend(list(lab) for lab in batch_labels)
+            yield ecg
+
+    ecg_emb = embed_ecgs(model, ecg_batches(), device=device, autocast=autocast, input_dtype=input_dtype)
+    if not labels:
+        raise ValueError("zero-shot set is empty")
+    names = sorted({c for lab in labels for c in lab}) if class_names is None else list(class_names)
+    if not names:
+        raise ValueError("zero-shot set has no class labels")
     was_training = model.training
     model.eval()
-    feats, labels = [], []
     try:
-        with autocast():
-            for ecg, batch_labels in loader:
-                ecg = ecg.to(device=device, dtype=input_dtype or torch.float32)
-                feats.append(model.encode_image(ecg, normalize=True).float().cpu())
-                labels.extend(list(lab) for lab in batch_labels)
-        if not labels:
-            raise ValueError("zero-shot set is empty")
-        names = sorted({c for lab in labels for c in lab}) if class_names is None else list(class_names)
-        if not names:
-            raise ValueError("zero-shot set has no class labels")
         with autocast():
             classifier = build_zero_shot_classifier(
                 model,
@@ -147,7 +151,7 @@ def zero_shot_auc(
             )
     finally:
         model.train(was_training)
-    scores = (torch.cat(feats) @ classifier.float().cpu()).numpy()
+    scores = (ecg_emb @ classifier.float().cpu()).numpy()
     index = {n: i for i, n in enumerate(names)}
     targets = np.zeros((len(labels), len(names)), dtype=np.int64)
     for row, lab in enumerate(labels):
@@ -174,7 +178,7 @@ def check_zero_shot_data(urls: str, label_key: str, n: int = 64) -> None:
     first ``n`` samples having ``labels[label_key]``; the ``ValueError`` names the shards and the keys found."""
     import itertools
 
-    from .reader import iter_samples
+    from ..ecgdata.reader import iter_samples
 
     metas = [s["meta"] for s in itertools.islice(iter_samples(urls), n)]
     if not metas:
@@ -198,7 +202,7 @@ def get_zero_shot_data(
 ) -> ZeroShotData:
     """Loader of ``(ecg batch, labels)`` over labelled shards ``urls`` with labels from ``labels[label_key]``;
     ``prompts`` maps class names to the text put into the templates (others: :func:`default_prompt_text`)."""
-    from .data import get_ecg_labelled_loader
+    from .pipeline import get_ecg_labelled_loader
 
     loader = get_ecg_labelled_loader(
         urls, preprocess, batch_size, partial(labels_from_meta, key=label_key), workers=workers

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from .cli import HelpFormatter
+from ..cli import HelpFormatter
 from .ecg import FS, LEADS
 from .reader import iter_samples
 
 
 def summarize(urls: str, label_key: str | None = None, top: int = 15) -> dict[str, Any]:
     """Counts and distributions of a shard set: sources, report length, most common reports and labels."""
-    from .zeroshot import labels_from_meta
+    from ..training.zeroshot import labels_from_meta
 
     n, sources, words, reports, labels, flat, derived = 0, Counter(), [], Counter(), Counter(), 0, 0
     for s in iter_samples(urls):
@@ -86,7 +86,7 @@ def run_show(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .ecgplot import plot_ecg12
+    from .plot import plot_ecg12
 
     s = find_sample(args.urls, args.key, args.index)
     print(f"{s['__key__']}: {s['text']}")

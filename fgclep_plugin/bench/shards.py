@@ -1,7 +1,7 @@
 """Benchmark: ECGs/second from per-record WFDB reading vs streaming the same ECGs from shards.
 
 Both paths end in the same float32 ``[12, 5000]`` array per ECG: (a) ``source.load`` (``wfdb.rdrecord``) +
-:func:`fgclep_plugin.ecg.canonicalize`; (b) :func:`fgclep_plugin.reader.iter_samples` over shards written
+:func:`fgclep_plugin.ecgdata.ecg.canonicalize`; (b) :func:`fgclep_plugin.ecgdata.reader.iter_samples` over shards written
 once from those records. The two are timed alternately in one run (``--repeats`` rounds) and the best
 round of each is reported, with their ratio. Peak traced memory (``tracemalloc``) of the streaming path is
 measured over 1x and ``--scale``x the records, to show it does not grow with the number of records.
@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import HelpFormatter
-from .ecg import canonicalize
-from .reader import iter_samples
-from .records import RejectError
-from .shards import write_shards
-from .sources import make_source
+from ..cli import HelpFormatter
+from ..ecgdata.ecg import canonicalize
+from ..ecgdata.reader import iter_samples
+from ..ecgdata.records import RejectError
+from ..ecgdata.shards import write_shards
+from ..ecgdata.sources import make_source
 
-DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ludb"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ludb"
 
 
 def _direct(source, items) -> int:
@@ -121,7 +121,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
 
 if __name__ == "__main__":
     _parser = argparse.ArgumentParser(
-        prog="python -m fgclep_plugin.bench_shards", description=__doc__, formatter_class=HelpFormatter
+        prog="python -m fgclep_plugin.bench.shards", description=__doc__, formatter_class=HelpFormatter
     )
     _add_args(_parser)
     raise SystemExit(run(_parser.parse_args()))

@@ -1,4 +1,4 @@
-"""Generation speed on one core: ``python -m fgclep_plugin.synth.bench [--n 1000]``.
+"""Generation speed on one core: ``python -m fgclep_plugin.bench.synth [--n 1000]``.
 
 Prints records/second for (1) simulation alone (signal + ground truth + features), (2) a complete record
 (plus report and metadata) and (3) a record encoded as a shard sample (canonicalisation, float16 npy, json),
@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> int:
         cores = "1 core (pinned)"
     except (AttributeError, OSError):
         cores = "unpinned"
-    from ..shards import sample_from_record
-    from .cases import simulate_case
-    from .source import synth_record
+    from ..ecgdata.shards import sample_from_record
+    from ..synth.cases import simulate_case
+    from ..synth.source import synth_record
 
     for i in range(20):  # warm-up
         synth_record(99, "train", i)
