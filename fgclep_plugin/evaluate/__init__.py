@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot, linear probe, retrieval and figures over labelled ECG shards."""
