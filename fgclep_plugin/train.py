@@ -44,6 +44,14 @@ def plugin_parser() -> argparse.ArgumentParser:
         "runs (default: on; the mean over processes then equals the one-process loss)",
     )
     g.add_argument(
+        "--fnm-norm",
+        choices=("paper", "mean"),
+        default="paper",
+        help="FNM normalisation: 'paper' = Eq. 6, sum over the B x B ECG-report pairs divided by B, as the "
+        "SigLIP term (default); 'mean' = mean over the pairs, B times weaker, so a lambda means something "
+        "else at every batch size (the behaviour before the paper's normalisation)",
+    )
+    g.add_argument(
         "--init-logit-scale",
         type=float,
         default=None,

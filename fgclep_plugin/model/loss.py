@@ -1,8 +1,11 @@
 """FG-CLEP loss: open_clip's SigLIP sigmoid loss plus the false-negative mitigation (FNM) term.
 
-``L = L_sig + lambda * L_fnm`` with ``L_fnm = mean_ij |cos(e_i, t_j) - S_ij|`` and ``S_ij = cos(t_i, t_j)``
-(e: ECG embeddings, t: report embeddings). The sigmoid part is ``open_clip.loss.SigLipLoss`` itself, so every
-one of its distributed implementations (``bidir``, ``shift``, ``reduce``, ``gather``) keeps working.
+``L = L_sig + lambda * L_fnm`` with Eq. 6, ``L_fnm = (1/B) sum_i sum_j |cos(e_i, t_j) - S_ij|`` and
+``S_ij = cos(t_i, t_j)`` (e: ECG embeddings, t: report embeddings): summed over the B x B pairs and divided by B,
+the normalisation of ``L_sig`` (``norm="paper"``, default). ``norm="mean"`` divides by B x B instead (B times
+weaker; this project's behaviour before the paper's normalisation). The sigmoid part is
+``open_clip.loss.SigLipLoss`` itself, so every one of its distributed implementations (``bidir``, ``shift``,
+``reduce``, ``gather``) keeps working.
 """
 
 from __future__ import annotations
@@ -13,19 +16,27 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import SigLipLoss, gather_features
 
+FNM_NORMS = ("paper", "mean")
+
 
 def fnm_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     all_text_features: torch.Tensor | None = None,
     detach_semantic: bool = True,
+    norm: str = "paper",
 ) -> torch.Tensor:
     """False-negative mitigation term (FG-CLEP Eq. 6).
 
-    Rows are the local ECGs ``e_i`` with their own reports ``t_i``; columns are the reports ``t_j`` of
-    ``all_text_features`` (defaults to ``text_features``). Returns ``mean_ij |cos(e_i, t_j) - cos(t_i, t_j)|``.
+    Rows are the ``R`` local ECGs ``e_i`` with their own reports ``t_i``; columns are the ``C`` reports ``t_j`` of
+    ``all_text_features`` (defaults to ``text_features``). With ``d_ij = |cos(e_i, t_j) - cos(t_i, t_j)|``
+    returns ``sum_ij d_ij / R`` (``norm="paper"``, Eq. 6) or ``sum_ij d_ij / (R C)`` (``norm="mean"``). Dividing
+    by the local rows (as ``SigLipLoss`` divides by the local batch) makes the mean over ranks of the per-rank
+    values, with columns gathered over ranks, the one-process value over the global batch in both cases.
     With ``detach_semantic`` the target ``S`` carries no gradient. Computed in float32, also under autocast.
     """
+    if norm not in FNM_NORMS:
+        raise ValueError(f"FNM normalisation must be one of {FNM_NORMS}, got {norm!r}")
     columns = text_features if all_text_features is None else all_text_features
     # float32 even inside autocast (open_clip computes the loss under --precision amp/amp_bf16): the term is a
     # small difference of two cosines, which half-precision matmuls would bury in rounding error
@@ -37,7 +48,8 @@ def fnm_loss(
         semantic = t_rows @ t_cols.T
         if detach_semantic:
             semantic = semantic.detach()
-        return (cross - semantic).abs().mean()
+        distance = (cross - semantic).abs()
+        return distance.sum() / distance.shape[0] if norm == "paper" else distance.mean()
 
 
 class FgClepLoss(SigLipLoss):
@@ -45,6 +57,8 @@ class FgClepLoss(SigLipLoss):
 
     Args:
         fnm_lambda: weight of the FNM term (paper: 0.5). 0 gives exactly ``SigLipLoss``.
+        fnm_norm: ``"paper"`` (Eq. 6: sum over the pairs / batch size, default) or ``"mean"`` (mean over the
+            pairs, B times weaker at batch size B, so lambda's meaning changes with the batch and world size).
         detach_semantic: treat ``S = cos(t_i, t_j)`` as a fixed target (default ``True``). Without the
             detach, the FNM gradient also moves report embeddings so that report-report similarity matches
             ECG-report similarity; since SigLIP drives off-diagonal ECG-report similarities down, that
@@ -52,8 +66,9 @@ class FgClepLoss(SigLipLoss):
             is meant to protect. Detached, S only steers the ECG-report similarities, as in the paper's
             framing of S as the semantic target.
         fnm_global: in multi-process runs compute FNM for the local ECGs against the reports of the whole
-            gathered global batch (default ``True``; features gathered with gradients). The mean over ranks
-            then equals the single-process FNM over the same global batch, as the SigLIP term does. With
+            gathered global batch (default ``True``; features gathered with gradients). Each rank divides by
+            its local batch size, as ``SigLipLoss`` does, so the mean over ranks (DDP averages the gradients)
+            equals the single-process FNM over the same global batch, for either ``fnm_norm``. With
             ``False`` each rank uses only its local batch (fewer pairs, no communication).
         rank, world_size, dist_impl, cache_labels: as for ``open_clip.loss.SigLipLoss``.
 
@@ -66,6 +81,7 @@ class FgClepLoss(SigLipLoss):
         fnm_lambda: float = 0.5,
         detach_semantic: bool = True,
         fnm_global: bool = True,
+        fnm_norm: str = "paper",
         cache_labels: bool = False,
         rank: int = 0,
         world_size: int = 1,
@@ -74,7 +90,10 @@ class FgClepLoss(SigLipLoss):
         super().__init__(cache_labels=cache_labels, rank=rank, world_size=world_size, dist_impl=dist_impl)
         if fnm_lambda < 0:
             raise ValueError(f"fnm_lambda must be >= 0, got {fnm_lambda}")
+        if fnm_norm not in FNM_NORMS:
+            raise ValueError(f"fnm_norm must be one of {FNM_NORMS}, got {fnm_norm!r}")
         self.fnm_lambda = float(fnm_lambda)
+        self.fnm_norm = fnm_norm
         self.detach_semantic = detach_semantic
         self.fnm_global = fnm_global
 
@@ -89,7 +108,9 @@ class FgClepLoss(SigLipLoss):
                 rank=self.rank,
                 world_size=self.world_size,
             )
-        return fnm_loss(image_features, text_features, all_text, detach_semantic=self.detach_semantic)
+        return fnm_loss(
+            image_features, text_features, all_text, detach_semantic=self.detach_semantic, norm=self.fnm_norm
+        )
 
     def forward(
         self,
@@ -112,14 +133,15 @@ class FgClepLoss(SigLipLoss):
 
 
 def create_fgclep_loss(args: Any) -> FgClepLoss:
-    """Build the loss from open_clip_train args plus ``fnm_lambda``, ``fnm_detach``, ``fnm_global``.
+    """Build the loss from open_clip_train args plus ``fnm_lambda``, ``fnm_detach``, ``fnm_global``, ``fnm_norm``.
 
-    Missing plugin args take the defaults (0.5, detached, global).
+    Missing plugin args take the defaults (0.5, detached, global, the paper's normalisation).
     """
     return FgClepLoss(
         fnm_lambda=getattr(args, "fnm_lambda", 0.5),
         detach_semantic=getattr(args, "fnm_detach", True),
         fnm_global=getattr(args, "fnm_global", True),
+        fnm_norm=getattr(args, "fnm_norm", "paper"),
         rank=args.rank,
         world_size=args.world_size,
         dist_impl=getattr(args, "loss_dist_impl", None),
