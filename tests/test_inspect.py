@@ -36,3 +36,48 @@ def test_show_draws_the_requested_sample(tmp_path, capsys):
     assert find_sample(TEST, index=3)["__key__"] == "ludb_154"
     with pytest.raises(ValueError, match="no sample with key 'nope'"):
         find_sample(TEST, "nope")
+
+
+def _crafted_shard(path: Path, key: str) -> None:
+    """A shard whose one sample has ``key`` (a tar member path, as a hostile shard could name it)."""
+    import io
+    import json
+    import tarfile
+
+    import numpy as np
+
+    members = {
+        "npy": _npy_bytes(np.zeros((12, 5000), dtype=np.float16)),
+        "txt": b"sinus rhythm",
+        "json": json.dumps({"source": "crafted"}).encode(),
+    }
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for suffix, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _npy_bytes(arr) -> bytes:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("key", ["../../x/owned", "/tmp/abs/owned", "C:\\evil\\owned"])
+def test_show_default_output_name_stays_in_the_working_folder(tmp_path, monkeypatch, capsys, key):
+    shard = tmp_path / "crafted.tar"
+    _crafted_shard(shard, key)
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(["show", str(shard), "--dpi", "20"]) == 0
+    (written,) = {p for p in tmp_path.rglob("*")} - before
+    assert written.parent == work and written.suffix == ".png"
+    assert "/" not in written.name and "\\" not in written.name and not written.name.startswith(".")
+    assert f"drawn to {written.name}" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -79,6 +80,13 @@ def find_sample(urls: str, key: str | None = None, index: int = 0) -> dict[str, 
     raise ValueError(f"no sample {'with key ' + repr(key) if key else f'number {index}'} in {urls}")
 
 
+def safe_file_stem(key: str) -> str:
+    """A file name made from a sample key: a key is a tar member path that a shard's author chose
+    (``../../x/owned``, ``/abs/path``), so every character outside ``[A-Za-z0-9._-]`` becomes ``_`` and leading
+    dots go; the result never leaves the folder it is written in."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key).lstrip(".") or "sample"
+
+
 def run_show(args: argparse.Namespace) -> int:
     """``fgclep show``."""
     import matplotlib
@@ -92,7 +100,7 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"{s['__key__']}: {s['text']}")
     if args.meta:
         print(json.dumps(s["meta"], indent=1, sort_keys=True))
-    out = Path(args.out or f"{s['__key__']}.png")
+    out = Path(args.out or f"{safe_file_stem(s['__key__'])}.png")
     title = textwrap.shorten(f"{s['__key__']}: {s['text']}", 120, placeholder=" ...")
     ax = plot_ecg12(s["ecg"].astype(np.float32), FS, LEADS, title=title)
     ax.figure.savefig(out, dpi=args.dpi, bbox_inches="tight")
@@ -125,7 +133,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("urls", help="shards to search")
     p.add_argument("--key", default=None, help="the sample's __key__ (default: by --index)")
     p.add_argument("--index", type=int, default=0, help="the sample's position in the shard set")
-    p.add_argument("--out", default=None, help="PNG path (default: KEY.png)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="PNG path (default: KEY.png in the working folder, KEY made file-name safe)",
+    )
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--meta", action="store_true", help="also print the sample's json metadata")
     p.set_defaults(func=run_show)
