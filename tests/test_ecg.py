@@ -34,6 +34,13 @@ def _rec(sig, names, fs=FS, rid="r") -> EcgRecord:
         ("MLII", None),
         ("-aVR", None),
         (" -avr", None),
+        ("lead-II", "II"),
+        ("Lead_V1", "V1"),
+        ("LEAD aVF", "aVF"),
+        ("I-II", None),  # a difference of leads (or a typo), not lead III
+        ("I_I", None),
+        ("V-1", None),
+        ("a VR", None),
     ],
 )
 def test_lead_aliases(name, canon):

@@ -45,11 +45,16 @@ _ALIASES = {"d1": "I", "d2": "II", "d3": "III", "di": "I", "dii": "II", "diii": 
 
 
 def canonical_lead_name(name: str) -> str | None:
-    """Map a lead label as found in a file (``'avr'``, ``'AVR'``, ``'Lead I'``) to its canonical name, or None."""
-    if str(name).strip().startswith("-"):
+    """Map a lead label as found in a file (``'avr'``, ``'AVR'``, ``'Lead I'``, ``'lead-II'``) to its canonical
+    name, or None.
+
+    Only a ``lead`` prefix and the separator after it are dropped: a separator inside the name stays, so ``I-II``
+    (a difference of leads) is not read as ``III``.
+    """
+    s = str(name).strip().lower()
+    if s.startswith("-"):
         return None  # an inverted lead (Cabrera's -aVR) is not the lead: never take it with the wrong sign
-    s = re.sub(r"[\s_\-]+", "", str(name)).lower()
-    s = s.removeprefix("lead")
+    s = re.sub(r"^lead[\s_\-]*", "", s)
     return _BY_LOWER.get(s) or _ALIASES.get(s)
 
 
