@@ -62,7 +62,22 @@ def run_shards(args: argparse.Namespace) -> int:
         from .ecgdata.shards import atomic_write_json
 
         atomic_write_json(args.summary_json, summary)
-    return 0
+    return _shards_exit_code(summary)
+
+
+def _shards_exit_code(summary: dict) -> int:
+    """1 (with the reason on stderr) when no record was written or any record hit an unexpected error (a reader
+    bug, a file nobody anticipated): such a run must not pass for a conversion. 0 otherwise."""
+    rejected, errors = sum(summary["rejected"].values()), summary["rejected"].get("error", 0)
+    problems = []
+    if summary["written"] == 0:
+        problems.append(f"no record was written ({rejected} records rejected)")
+    if errors:
+        problems.append(f"{errors} record{'s' if errors > 1 else ''} failed with an unexpected error")
+    if not problems:
+        return 0
+    print(f"fgclep shards: error: {'; '.join(problems)}; see {summary['rejects_file']}", file=sys.stderr)
+    return 1
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
@@ -73,7 +88,8 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         help="convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards",
         description="Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
         "float16) with their reports. Every record ends in a shard or in NAME.rejects.jsonl with its reason. "
-        "Re-running the same command after an interruption completes the missing shards.",
+        "Re-running the same command after an interruption completes the missing shards. Exits with status 1 "
+        "when no record was written or any record failed with an unexpected error (see the rejects file).",
         epilog="sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
         + source_options_help(),
         formatter_class=HelpFormatter,

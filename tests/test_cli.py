@@ -207,3 +207,37 @@ def test_a_root_without_records_is_an_error_not_an_empty_shard(tmp_path, capsys)
     assert main(["shards", "csn", "--root", str(DATA / "label_maps"), "--out", out, "--quiet"]) == 2
     assert "csn: no records to convert under" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--range", "300:400"]) == 2
+
+
+def test_shards_fail_when_a_reader_bug_rejects_records(tmp_path, monkeypatch, capsys):
+    """A reader bug (an unexpected exception) turns records into `error` rejects: the command must not pass."""
+    from fgclep_plugin.ecgdata.sources.ludb import LudbSource
+
+    good_load = LudbSource.load
+
+    def buggy_load(self, item):
+        if item in self.broken:
+            raise AttributeError("'NoneType' object has no attribute 'p_signal'")
+        return good_load(self, item)
+
+    monkeypatch.setattr(LudbSource, "load", buggy_load)
+    args = ["shards", "ludb", "--root", str(DATA / "ludb"), "--limit", "3", "--quiet"]
+
+    LudbSource.broken = {"1", "2", "3"}  # every record: nothing written
+    rc = main([*args, "--out", str(tmp_path / "all" / "l-%06d.tar")])
+    err = capsys.readouterr().err
+    rejects = tmp_path / "all" / "l.rejects.jsonl"
+    assert rc == 1 and str(rejects) in err and "no record was written" in err and "3 records" in err
+    rows = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["item"], r["reason"]) for r in rows] == [("1", "error"), ("2", "error"), ("3", "error")]
+    assert "AttributeError" in rows[0]["message"]
+
+    LudbSource.broken = {"2"}  # one record: the others are written, the run still fails
+    rc = main([*args, "--out", str(tmp_path / "one" / "l-%06d.tar")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 record failed with an unexpected error" in err
+    assert str(tmp_path / "one" / "l.rejects.jsonl") in err
+    assert len(list(iter_samples(str(tmp_path / "one" / "l-000000.tar")))) == 2
+
+    LudbSource.broken = set()  # no bug: success
+    assert main([*args, "--out", str(tmp_path / "ok" / "l-%06d.tar")]) == 0
