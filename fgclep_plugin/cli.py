@@ -15,6 +15,9 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.demo",
     "fgclep_plugin.ecgdata.inspect",
     "fgclep_plugin.bench.shards",
+    "fgclep_plugin.augment.generate",
+    "fgclep_plugin.evaluate.retrieval",
+    "fgclep_plugin.evaluate.figures",
 )
 
 

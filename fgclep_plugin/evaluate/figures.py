@@ -1,0 +1,330 @@
+"""Evaluation figures: t-SNE of ECG embeddings coloured by label (the paper's Figure 4) and the semantic
+similarity matrix ``S_ij = cos(t_i, t_j)`` of a batch of reports (Figure 3: a random batch and a
+normal-vs-abnormal batch), the matrix FNM's target is made of.
+
+t-SNE is scikit-learn's (``init="pca"``, seeded: the same seed gives the same map). Each ECG takes one colour:
+its most specific label, i.e. the one of its labels that is rarest in the set ("sinus rhythm, normal ECG" is
+coloured "normal ECG"; "sinus rhythm, LVH" is coloured "LVH"). PNGs have a fixed pixel size (figure inches x
+dpi) and are written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import textwrap
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..cli import HelpFormatter
+
+OTHER = "other"
+UNLABELLED = "no label"
+
+
+def save_png(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` to PNG at its own size (no tight bounding box: inches x ``dpi`` pixels), write it
+    atomically to ``path`` and close the figure."""
+    import matplotlib.pyplot as plt
+
+    from ..ecgdata.shards import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ----------------------------------------------------------------------------------------------- t-SNE
+
+
+def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE ``[N, 2]`` of embeddings ``[N, D]`` (scikit-learn, PCA initialisation, ``random_state=seed``);
+    the perplexity is lowered to ``(N - 1) / 3`` for small sets. Needs N >= 4."""
+    from sklearn.manifold import TSNE
+
+    emb = np.asarray(emb, dtype=np.float32)
+    if len(emb) < 4:
+        raise ValueError(f"t-SNE needs at least 4 ECGs, got {len(emb)}")
+    perplexity = min(perplexity, (len(emb) - 1) / 3)
+    return TSNE(
+        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+    ).fit_transform(emb)
+
+
+def primary_labels(labels: Sequence[Sequence[str]]) -> list[str]:
+    """One label per sample: the sample's label that is rarest in the whole set (ties: alphabetical);
+    ``"no label"`` for a sample without labels."""
+    counts = Counter(c for lab in labels for c in set(lab))
+    return [min(set(lab), key=lambda c: (counts[c], c)) if lab else UNLABELLED for lab in labels]
+
+
+def plot_tsne(
+    xy: np.ndarray, labels: Sequence[str], path: str | Path, title: str, max_classes: int = 12, dpi: int = 100
+) -> Path:
+    """Scatter of a 2-D map with one colour per label (the ``max_classes`` most frequent; the others grey as
+    "other"), legend with counts outside the plot; PNG of 11 x 7.5 inches."""
+    plt = _pyplot()
+    counts = Counter(labels)
+    shown = [c for c, _ in counts.most_common() if c not in (UNLABELLED,)][:max_classes]
+    cmap = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
+    fig = plt.figure(figsize=(11, 7.5), layout="constrained")
+    ax = fig.add_subplot()
+    groups = [(c, cmap(i % cmap.N)) for i, c in enumerate(shown)]
+    rest = [c for c in counts if c not in shown]
+    lab = np.asarray(labels, dtype=object)
+    for name, color, size in [(OTHER if rest else None, (0.75, 0.75, 0.75, 1.0), 8)] + [
+        (c, col, 12) for c, col in groups
+    ]:
+        if name is None:
+            continue
+        mask = np.isin(lab, rest) if name == OTHER else lab == name
+        n = int(mask.sum())
+        ax.scatter(
+            xy[mask, 0], xy[mask, 1], s=size, color=color, label=f"{name} ({n})", linewidths=0, alpha=0.85
+        )
+    ax.set_title(title, fontsize=11)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel("t-SNE 1")
+    ax.set_ylabel("t-SNE 2")
+    handles, names = ax.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda i: names[i].startswith(OTHER + " ("))  # "other" last
+    ax.legend(
+        [handles[i] for i in order],
+        [names[i] for i in order],
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        fontsize=9,
+        markerscale=1.8,
+        frameon=False,
+    )
+    return save_png(fig, path, dpi)
+
+
+# ------------------------------------------------------------------------------- similarity matrices
+
+
+def random_batch(n_samples: int, size: int, seed: int = 0) -> np.ndarray:
+    """``size`` distinct sample indices out of ``n_samples``, drawn with ``seed`` (sorted)."""
+    if size > n_samples:
+        raise ValueError(f"a batch of {size} needs at least {size} samples, the set has {n_samples}")
+    return np.sort(np.random.default_rng(seed).choice(n_samples, size, replace=False))
+
+
+def normal_abnormal_batch(is_normal: Sequence[bool], size: int, seed: int = 0) -> tuple[np.ndarray, int]:
+    """``size // 2`` normal then ``size - size // 2`` abnormal sample indices (seeded draw), and the number of
+    normal ones; ``ValueError`` naming the shortfall when the set has too few of either."""
+    is_normal = np.asarray(is_normal, dtype=bool)
+    rng = np.random.default_rng(seed)
+    normal, abnormal = np.flatnonzero(is_normal), np.flatnonzero(~is_normal)
+    n_norm, n_abn = size // 2, size - size // 2
+    if len(normal) < n_norm or len(abnormal) < n_abn:
+        raise ValueError(
+            f"a normal-vs-abnormal batch of {size} needs {n_norm} normal and {n_abn} abnormal ECGs; "
+            f"the set has {len(normal)} and {len(abnormal)}"
+        )
+    picked = np.concatenate(
+        [
+            np.sort(rng.choice(normal, n_norm, replace=False)),
+            np.sort(rng.choice(abnormal, n_abn, replace=False)),
+        ]
+    )
+    return picked, n_norm
+
+
+def report_similarity(lm, texts: Sequence[str]) -> np.ndarray:
+    """``S [n, n]``, ``S_ij = cos(t_i, t_j)`` of the model's text embeddings of ``texts`` (FNM's target)."""
+    from ..model.scoring import embed_texts, similarity
+
+    t = embed_texts(lm.model, lm.tokenizer, list(texts), device=lm.device)
+    return similarity(t, t).numpy()
+
+
+def plot_similarity(
+    s: np.ndarray,
+    texts: Sequence[str],
+    path: str | Path,
+    title: str,
+    split: int | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Heat map of a report similarity matrix, each row labelled with its report (wrapped on two lines) and
+    index; ``split`` draws the boundary between the first ``split`` reports and the rest and names the two
+    groups above the map. PNG of 15 x 10 inches."""
+    plt = _pyplot()
+    n = len(texts)
+    fig = plt.figure(figsize=(15, 10), layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(s, cmap="viridis", vmin=min(0.0, float(s.min())), vmax=1.0, interpolation="nearest")
+    size = 7 if n <= 32 else 5
+
+    def row_label(i: int, t: str) -> str:
+        return "\n".join(textwrap.wrap(textwrap.shorten(t, 150, placeholder=" ..."), 80)[:2]) + f"  {i:>2}"
+
+    ax.set_yticks(range(n), [row_label(i, t) for i, t in enumerate(texts)], fontsize=size)
+    ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=size)
+    ax.set_xlabel("report j")
+    ax.set_ylabel("report i")
+    if split is not None and 0 < split < n:
+        for f in (ax.axhline, ax.axvline):
+            f(split - 0.5, color="white", lw=1.5)
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(
+            [split / 2 - 0.5, (split + n) / 2 - 0.5], [f"normal ({split})", f"abnormal ({n - split})"]
+        )
+        top.tick_params(length=0, labelsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="S_ij = cos(t_i, t_j)")
+    ax.set_title(title, fontsize=11)
+    return save_png(fig, path, dpi)
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def make_figures(
+    lm,
+    urls: str,
+    out: str | Path,
+    label_key: str,
+    normal_class: str | None = None,
+    batch: int = 24,
+    seed: int = 0,
+    perplexity: float = 30.0,
+    max_points: int = 3000,
+    dpi: int = 100,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The t-SNE map and the two similarity heat maps of a shard set into ``out``; returns a manifest
+    (paths, sizes, the batches' keys)."""
+    from ..training.zeroshot import labels_from_meta
+    from .retrieval import embed_shard_set
+
+    out = Path(out)
+    es = embed_shard_set(lm, urls, progress=progress, with_reports=False)
+    labels = [labels_from_meta(m, label_key) for m in es.metas]
+    if not any(labels):
+        raise ValueError(f"no sample of {urls} has labels[{label_key!r}]")
+    n = len(es.keys)
+    pts = np.arange(n) if n <= max_points else random_batch(n, max_points, seed)
+    xy = tsne(es.ecg_emb.numpy()[pts], seed=seed, perplexity=perplexity)
+    who = f"{lm.name}" + (f", {Path(lm.checkpoint).name}" if lm.checkpoint else ", untrained")
+    manifest: dict[str, Any] = {"model": lm.name, "checkpoint": lm.checkpoint, "data": urls, "seed": seed}
+    tsne_path = plot_tsne(
+        xy,
+        primary_labels([labels[i] for i in pts]),
+        out / f"tsne_{label_key.replace(' ', '_')}.png",
+        f"t-SNE of {len(pts)} ECG embeddings ({who}), coloured by the rarest of each ECG's labels[{label_key}]",
+        dpi=dpi,
+    )
+    manifest["tsne"] = {"path": str(tsne_path), "points": len(pts), "label_key": label_key}
+    idx = random_batch(n, min(batch, n), seed)
+    texts = [es.texts[i] for i in idx]
+    distinct = len(set(texts))
+    path = plot_similarity(
+        report_similarity(lm, texts),
+        texts,
+        out / "similarity_random.png",
+        f"Report similarity S_ij = cos(t_i, t_j), random batch of {len(idx)} ({distinct} distinct reports; {who})",
+        dpi=dpi,
+    )
+    manifest["similarity_random"] = {"path": str(path), "keys": [es.keys[i] for i in idx]}
+    if normal_class:
+        idx, split = normal_abnormal_batch([normal_class in lab for lab in labels], batch, seed)
+        texts = [es.texts[i] for i in idx]
+        path = plot_similarity(
+            report_similarity(lm, texts),
+            texts,
+            out / "similarity_normal_abnormal.png",
+            f"Report similarity, {split} normal ({label_key} has {normal_class}) vs {len(idx) - split} abnormal "
+            f"({who})",
+            split=split,
+            dpi=dpi,
+        )
+        manifest["similarity_normal_abnormal"] = {
+            "path": str(path),
+            "keys": [es.keys[i] for i in idx],
+            "normal": split,
+        }
+    return manifest
+
+
+def run_figures(args: argparse.Namespace) -> int:
+    """``fgclep figures``."""
+    import torch
+
+    from ..ecgdata.shards import atomic_write_json
+    from ..model.scoring import load_model
+
+    torch.manual_seed(args.seed)
+    lm = load_model(args.model, args.checkpoint, device=args.device)
+    manifest = make_figures(
+        lm,
+        args.data,
+        args.out,
+        args.label_key,
+        args.normal_class,
+        args.batch,
+        args.seed,
+        args.perplexity,
+        args.max_points,
+        args.dpi,
+        progress=not args.quiet,
+    )
+    atomic_write_json(Path(args.out) / "figures.json", manifest)
+    for name in ("tsne", "similarity_random", "similarity_normal_abnormal"):
+        if name in manifest:
+            print(f"{name}: {manifest[name]['path']}")
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """``fgclep figures``."""
+    p = sub.add_parser(
+        "figures",
+        help="t-SNE of ECG embeddings by label, report similarity heat maps (PNG)",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="example (synthetic test split, demo model):\n"
+        "  fgclep figures --data data/synth/test/synth-test-000000.tar --model FGCLEP-ResNet1d18-MiniLM \\\n"
+        "      --checkpoint runs/NAME/checkpoints/epoch_8.pt --label-key diagnoses --normal-class normal_ecg "
+        "--out eval/",
+    )
+    p.add_argument("--data", required=True, help="labelled shards")
+    p.add_argument("--model", required=True, help="model config name")
+    p.add_argument("--checkpoint", default=None, help="open_clip checkpoint (default: untrained weights)")
+    p.add_argument("--label-key", required=True, help="colour the t-SNE by json labels[KEY]")
+    p.add_argument(
+        "--normal-class",
+        default=None,
+        help="class of labels[KEY] that marks a normal ECG; adds the normal-vs-abnormal similarity batch",
+    )
+    p.add_argument("--out", required=True, help="folder for the PNGs and figures.json")
+    p.add_argument("--batch", type=int, default=24, help="reports per similarity batch")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--max-points", type=int, default=3000, help="t-SNE of a seeded subset of larger sets")
+    p.add_argument(
+        "--seed", type=int, default=0, help="t-SNE, batch draws, initial weights without --checkpoint"
+    )
+    p.add_argument("--dpi", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_figures)
