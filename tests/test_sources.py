@@ -19,6 +19,7 @@ from fgclep_plugin.ecgdata.sources import SOURCES, make_source, source_options_h
 from fgclep_plugin.ecgdata.sources.challenge import ChallengeSource
 from fgclep_plugin.ecgdata.sources.ptbxl import parse_scp_codes
 from fgclep_plugin.ecgdata.sources.snomed import PACKAGED_TABLE, build_table, load_names
+from fgclep_plugin.training.zeroshot import labels_from_meta
 
 FOLDERS = REAL_FOLDERS
 
@@ -166,7 +167,10 @@ def test_ptbxl_rows_reports_and_missing_waveforms():
     assert src.items() == [r["ecg_id"] for r in rows]
     rec = src.load("1")
     assert rec.report == rows[0]["report"] and rec.patient_id == "15709" and rec.labels["strat_fold"] == 3
-    assert rec.labels["scp_codes"] == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
+    # every listed code is present (rhythm and form codes carry likelihood 0.0): a plain list, likelihoods in meta
+    assert rec.labels["scp_codes"] == ["NORM", "LVOLT", "SR"]
+    assert rec.meta["scp_likelihoods"] == {"NORM": 100.0, "LVOLT": 0.0, "SR": 0.0}
+    assert labels_from_meta({"labels": rec.labels}, "scp_codes") == ["NORM", "LVOLT", "SR"]
     assert rec.labels["diagnostic_superclass"] == ["NORM"] and rec.fs == 100
     np.testing.assert_allclose(rec.signal, wfdb.rdrecord(str(DATA / "ptbxl/records100/00001_lr")).p_signal.T)
     with pytest.raises(RejectError, match=r"records100/00000/00002_lr\.hea not found") as err:

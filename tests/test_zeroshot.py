@@ -35,8 +35,7 @@ def test_labels_from_meta_forms_and_errors():
             "dx": ["AF", "LBBB"],
             "rhythm": "Sinus rhythm",
             "flags": {"MI": True, "NORM": False, "HYP": None},
-            # PTB-XL scp_codes: {code: likelihood}; rhythm and form codes carry likelihood 0.0 yet are present
-            "scp_codes": {"NORM": 100.0, "SR": 0.0, "LVOLT": 0.0},
+            "binary": {"AF": 1, "MI": 0, "STTC": 0.0, "HYP": 1.0},  # a {name: 0/1} table: the 0s are absent
             "empty": [],
             "bad": 3,
         },
@@ -44,7 +43,7 @@ def test_labels_from_meta_forms_and_errors():
     assert labels_from_meta(meta, "dx") == ["AF", "LBBB"]
     assert labels_from_meta(meta, "rhythm") == ["Sinus rhythm"]
     assert labels_from_meta(meta, "flags") == ["MI"]
-    assert labels_from_meta(meta, "scp_codes") == ["NORM", "SR", "LVOLT"]
+    assert labels_from_meta(meta, "binary") == ["AF", "HYP"]
     assert labels_from_meta(meta, "empty") == [] and labels_from_meta(meta, "missing") == []
     with pytest.raises(ValueError, match="record r7: labels\\['bad'\\] is int"):
         labels_from_meta(meta, "bad")

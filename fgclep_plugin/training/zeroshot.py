@@ -67,10 +67,10 @@ DATA_KEY = "ecg-zeroshot"
 def labels_from_meta(meta: dict[str, Any], key: str) -> list[str]:
     """Class names of one sample from its shard metadata ``meta["labels"][key]``.
 
-    A list of names gives those names; a single string gives one; a dict gives its keys except those whose value
-    is ``False``, ``None`` or ``""`` (a number is a score or likelihood and counts as present, 0 included: PTB-XL's
-    ``scp_codes`` give rhythm and form codes such as ``SR`` likelihood 0.0); missing or empty gives no class.
-    Anything else raises ``ValueError`` naming the record.
+    A list of names gives those names; a single string gives one; a ``{name: flag}`` dict gives the names whose
+    flag is true (``1``, ``True``; ``0``, ``False``, ``None``, ``""`` are absent); missing or empty gives no
+    class. Anything else raises ``ValueError`` naming the record. (Converters store present classes in one of
+    these forms: PTB-XL's ``scp_codes``, where likelihood 0.0 still means present, is stored as a list.)
     """
     value = (meta.get("labels") or {}).get(key)
     if value is None or value == "":
@@ -80,7 +80,7 @@ def labels_from_meta(meta: dict[str, Any], key: str) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value if str(v)]
     if isinstance(value, dict):
-        return [str(k) for k, v in value.items() if v is not False and v is not None and v != ""]
+        return [str(k) for k, v in value.items() if v]
     raise ValueError(
         f"record {meta.get('record_id', '?')}: labels[{key!r}] is {type(value).__name__}, "
         "expected a class name, a list of names or a {name: flag} dict"

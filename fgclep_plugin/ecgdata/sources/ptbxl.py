@@ -57,7 +57,8 @@ class PtbxlSource(Source):
 
     Options: ``database`` (default ``ptbxl_database.csv``, else any ``ptbxl_database*.csv``), ``rate`` (100 or
     500, default 500: ``records100``/``records500``), ``min_words`` (default 1).
-    Labels: ``scp_codes`` (dict), ``diagnostic_superclass``/``diagnostic_subclass`` from ``scp_statements.csv``
+    Labels: ``scp_codes`` (the list of codes; their likelihoods in ``meta["scp_likelihoods"]``),
+    ``diagnostic_superclass``/``diagnostic_subclass`` from ``scp_statements.csv``
     when present, ``strat_fold``.
     """
 
@@ -117,7 +118,9 @@ class PtbxlSource(Source):
         codes = parse_scp_codes(row.get("scp_codes") or "", where)
         data = read_wfdb(path, physical=True)
         stmts = self._statements()
-        labels: dict = {"scp_codes": codes}
+        # every code listed is present (rhythm and form codes carry likelihood 0.0): stored as a list, so the
+        # label reads the same everywhere; the likelihoods stay in meta
+        labels: dict = {"scp_codes": list(codes)}
         if stmts:
             for col in ("diagnostic_class", "diagnostic_subclass"):
                 vals = sorted({stmts[c][col] for c in codes if c in stmts and stmts[c].get(col)})
@@ -133,5 +136,5 @@ class PtbxlSource(Source):
             report=report,
             patient_id=str(int(float(patient))) if patient else None,
             labels=labels,
-            meta={"age": row.get("age") or None, "sex": row.get("sex") or None},
+            meta={"age": row.get("age") or None, "sex": row.get("sex") or None, "scp_likelihoods": codes},
         )
