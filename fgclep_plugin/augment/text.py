@@ -6,8 +6,11 @@ Feature strings from any backend pass through :func:`normalise_feature` so the s
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
 import re
+from collections.abc import Iterator
 
 MAX_FEATURE_CHARS = 80
 
@@ -44,7 +47,8 @@ def normalise_feature(text: str) -> str | None:
     Strips bullets, numbering and quotes, lower-cases, collapses whitespace, drops trailing periods and caps
     the length at :data:`MAX_FEATURE_CHARS` (cut at a word boundary where there is one).
     """
-    t = _SPACE.sub(" ", str(text)).strip()
+    t = "".join(c for c in str(text) if c.isprintable() or c.isspace())  # no control characters
+    t = _SPACE.sub(" ", t).strip()
     prev = None
     while t != prev:  # bullets inside quotes and quotes inside bullets: strip until stable
         prev = t
@@ -55,3 +59,91 @@ def normalise_feature(text: str) -> str | None:
         cut = t[: MAX_FEATURE_CHARS + 1].rsplit(" ", 1)[0]
         t = (cut if len(cut) >= MAX_FEATURE_CHARS // 2 else t[:MAX_FEATURE_CHARS]).rstrip(" ,;:-")
     return t or None
+
+
+# --- the prompt and the parsing of answers -------------------------------------------------------------------
+
+PROMPT_VERSION = "fgclep-v1"
+"""Part of every cache entry's identity: change it whenever :func:`build_messages` changes what is asked."""
+
+QUESTION = "What waveform features are most likely to be present in ECGs with these symptoms?"
+SYSTEM = "You are a cardiologist reading ECG reports. You answer only with a JSON list of strings."
+MAX_FEATURES = 10
+
+
+def build_messages(report: str, max_features: int = MAX_FEATURES) -> list[dict[str, str]]:
+    """The paper's question about one (normalised) report, as chat messages."""
+    user = (
+        f"{QUESTION}\n\nReport: {report}\n\n"
+        f"Answer with a JSON list of at most {max_features} short waveform feature strings "
+        '(for example ["prolonged pr interval", "st elevation in v1-v3"]) and nothing else.'
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def answer_schema(max_features: int = MAX_FEATURES, max_chars: int = MAX_FEATURE_CHARS) -> dict:
+    """JSON schema of an answer: a list of at most ``max_features`` strings of at most ``max_chars``."""
+    return {
+        "type": "array",
+        "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
+        "maxItems": max_features,
+    }
+
+
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
+
+
+def _literal_values(text: str) -> Iterator[object]:
+    """JSON / Python-literal values starting at a '[' or '{' in ``text``, in order (json, then ast only)."""
+    decoder = json.JSONDecoder()
+    starts = [i for i, c in enumerate(text) if c in "[{"][:20]
+    for i in starts:
+        try:
+            yield decoder.raw_decode(text, i)[0]
+        except json.JSONDecodeError:
+            pass
+    for i in starts:  # Python literals: ['a', 'b'] with single quotes; try the spans ending at each closer
+        closer = "]" if text[i] == "[" else "}"
+        ends = [j for j in range(len(text) - 1, i, -1) if text[j] == closer][:20]
+        for j in ends:
+            try:
+                yield ast.literal_eval(text[i : j + 1])
+                break
+            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+                continue
+
+
+def _as_list(value: object) -> list | None:
+    if isinstance(value, dict):
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 else None
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def parse_answer(raw: str | None, max_features: int = 2 * MAX_FEATURES) -> tuple[list[str], str]:
+    """Features in an LLM answer and the status: ``ok``, ``empty`` (no answer or an empty list) or ``unparsable``.
+
+    Accepts a JSON or Python list of strings, inside code fences or followed by prose, or an object holding
+    one such list (``{"features": [...]}``); the first list holding a feature wins. Items are normalised
+    (:func:`normalise_feature`); duplicates and non-string items are dropped. Untrusted text is parsed with
+    ``json`` / ``ast.literal_eval`` only.
+    """
+    text = (raw or "").strip()
+    if not text:
+        return [], "empty"
+    fenced = [m.group(1) for m in _FENCE.finditer(text)]
+    found_list = False
+    for part in [*fenced, text]:
+        for value in _literal_values(part):
+            items = _as_list(value)
+            if items is None:
+                continue
+            found_list = True
+            features: list[str] = []
+            for item in items:
+                f = normalise_feature(item) if isinstance(item, str) else None
+                if f is not None and f not in features:
+                    features.append(f)
+            if features:
+                return features[:max_features], "ok"
+    return [], ("empty" if found_list else "unparsable")

@@ -1,0 +1,320 @@
+"""Candidate generators: the vLLM offline engine, an OpenAI-compatible server, transformers, the knowledge base.
+
+Every backend answers a batch of normalised reports with raw answer texts (``complete``), ``None`` for a
+request that failed twice (a structured-output grammar abort, vLLM issue 18783, or a server error: counted in
+``failures``, retried once, never raised). :meth:`Backend.propose` parses them into feature lists. Heavy
+libraries (vllm, transformers) are imported only when their backend is built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .text import MAX_FEATURE_CHARS, MAX_FEATURES, answer_schema, build_messages, parse_answer
+
+BACKENDS = ("kb", "vllm", "openai", "transformers")
+
+
+class Backend:
+    """Base class: ``complete`` (raw texts, None = failed) and ``propose`` (parsed features)."""
+
+    name = "?"
+
+    def __init__(
+        self, model: str, max_features: int = MAX_FEATURES, max_chars: int = MAX_FEATURE_CHARS
+    ) -> None:
+        self.model = model
+        self.max_features, self.max_chars = max_features, max_chars
+        self.schema = answer_schema(max_features, max_chars)
+        self.failures = 0  # first attempts that failed (each retried once)
+        self.failed = 0  # reports whose retry failed too
+
+    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
+        """One try at every report: its answer text, or None if its request failed."""
+        raise NotImplementedError
+
+    def complete(self, reports: Sequence[str]) -> list[str | None]:
+        """Answer texts of ``reports``; a failed request is retried once, then given as None."""
+        out = self._attempt(list(reports))
+        again = [i for i, t in enumerate(out) if t is None]
+        self.failures += len(again)
+        if again:
+            for i, t in zip(again, self._attempt([reports[i] for i in again])):
+                out[i] = t
+            self.failed += sum(out[i] is None for i in again)
+        return out
+
+    def propose(self, reports: Sequence[str]) -> list[list[str] | None]:
+        """Candidate features per report (None where the request failed)."""
+        return [None if t is None else parse_answer(t, self.max_features)[0] for t in self.complete(reports)]
+
+    def close(self) -> None:
+        """Release the engine / connections (nothing by default)."""
+
+
+class KnowledgeBackend(Backend):
+    """The offline knowledge base (``fgclep_plugin.augment.knowledge.propose``): no model, no network."""
+
+    name = "kb"
+
+    def __init__(
+        self, model: str = "", propose_fn: Callable[[str], list[str]] | None = None, **kw: Any
+    ) -> None:
+        version = "custom"
+        if propose_fn is None:
+            from . import knowledge
+
+            propose_fn, version = knowledge.propose, str(getattr(knowledge, "VERSION", "builtin"))
+        super().__init__(model or version, **kw)
+        self._propose = propose_fn
+
+    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
+        return [json.dumps(list(self._propose(r))) for r in reports]
+
+
+class VllmBackend(Backend):
+    """The vLLM offline engine: one batched ``llm.chat`` per call, temperature 0, JSON-schema structured output.
+
+    Engine options (``tensor_parallel_size``, ``max_model_len``, ``gpu_memory_utilization``,
+    ``kv_cache_memory_bytes``, ``dtype``, ``enforce_eager``, ...) go to ``vllm.LLM`` unchanged; None means
+    vLLM's default.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self, model: str, max_tokens: int = 256, seed: int = 0, engine: dict | None = None, **kw: Any
+    ):
+        super().__init__(model, **kw)
+        from vllm import LLM, SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        options = {k: v for k, v in (engine or {}).items() if v is not None}
+        one_engine_per_process(int(options.get("tensor_parallel_size") or 1))
+        self.llm = LLM(model=model, seed=seed, **options)
+        self.params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_tokens,
+            structured_outputs=StructuredOutputsParams(json=self.schema),
+        )
+        tokenizer = self.llm.get_tokenizer()
+        self.chat = bool(getattr(tokenizer, "chat_template", None))
+        if not self.chat:
+            warnings.warn(
+                f"{model}: tokenizer has no chat template; sending plain-text prompts", stacklevel=2
+            )
+
+    def _run(self, reports: Sequence[str]) -> list[str | None]:
+        messages = [build_messages(r, self.max_features) for r in reports]
+        if self.chat:
+            outputs = self.llm.chat(messages, self.params, use_tqdm=False)
+        else:
+            prompts = [plain_prompt(m) for m in messages]
+            outputs = self.llm.generate(prompts, self.params, use_tqdm=False)
+        texts: list[str | None] = []
+        for o in outputs:
+            c = o.outputs[0] if o.outputs else None
+            failed = c is None or c.finish_reason in ("error", "abort")
+            texts.append(None if failed else c.text)
+        return texts
+
+    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
+        try:
+            return self._run(reports)
+        except Exception as e:  # noqa: BLE001 (an engine error on the batch: try the reports one by one)
+            if len(reports) == 1:
+                warnings.warn(f"vllm request failed: {type(e).__name__}: {e}", stacklevel=2)
+                return [None]
+            return [self._attempt([r])[0] for r in reports]
+
+
+class OpenAIBackend(Backend):
+    """An OpenAI-compatible chat server (``vllm serve``), structured output via ``response_format`` json_schema
+    (or vLLM's ``structured_outputs`` field); concurrent requests, standard library HTTP only."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        model: str | None,
+        base_url: str,
+        max_tokens: int = 256,
+        concurrency: int = 16,
+        timeout: float = 600.0,
+        structured: str = "response_format",
+        api_key: str | None = None,
+        **kw: Any,
+    ):
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.timeout = timeout
+        if not model:
+            models = self._request("GET", "/models", None, timeout=30).get("data") or []
+            if not models:
+                raise RuntimeError(f"{self.base_url}/models lists no model; pass --model")
+            model = models[0]["id"]
+        super().__init__(model, **kw)
+        self.max_tokens, self.concurrency, self.structured = max_tokens, concurrency, structured
+        if structured not in ("response_format", "structured_outputs", "none"):
+            raise ValueError(
+                f"structured must be response_format, structured_outputs or none, got {structured!r}"
+            )
+
+    def _request(self, method: str, path: str, body: dict | None, timeout: float | None = None) -> dict:
+        req = urllib.request.Request(
+            self.base_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            detail = e.read()[:300].decode("utf-8", "replace")
+            raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise RuntimeError(f"cannot reach the server at {self.base_url}{path}: {e}") from None
+
+    def body(self, report: str) -> dict:
+        """The chat-completions request for one report."""
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": build_messages(report, self.max_features),
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+        }
+        if self.structured == "response_format":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "waveform_features", "schema": self.schema},
+            }
+        elif self.structured == "structured_outputs":
+            body["structured_outputs"] = {"json": self.schema}
+        return body
+
+    def _one(self, report: str) -> str | None:
+        try:
+            reply = self._request("POST", "/chat/completions", self.body(report))
+            choice = reply["choices"][0]
+        except (RuntimeError, KeyError, IndexError, TypeError) as e:
+            warnings.warn(f"openai request failed: {e}", stacklevel=2)
+            return None
+        if choice.get("finish_reason") in ("error", "abort"):
+            return None
+        return (choice.get("message") or {}).get("content") or ""
+
+    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
+        with ThreadPoolExecutor(max(1, min(self.concurrency, len(reports)))) as pool:
+            return list(pool.map(self._one, reports))
+
+
+class TransformersBackend(Backend):
+    """Any local causal LM through ``transformers`` ``generate`` (greedy, left-padded batches; no grammar: the
+    parser copes with prose and fences)."""
+
+    name = "transformers"
+
+    def __init__(
+        self, model: str, max_tokens: int = 256, batch_size: int = 8, dtype: str | None = None, **kw: Any
+    ):
+        super().__init__(model, **kw)
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        torch_dtype = getattr(torch, dtype) if dtype and dtype != "auto" else None
+        self.lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).eval()
+        self.max_tokens, self.batch_size = max_tokens, batch_size
+
+    def _prompt(self, report: str) -> str:
+        messages = build_messages(report, self.max_features)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return plain_prompt(messages)
+
+    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for i in range(0, len(reports), self.batch_size):
+            prompts = [self._prompt(r) for r in reports[i : i + self.batch_size]]
+            enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc.pop("token_type_ids", None)
+            with self.torch.inference_mode():
+                ids = self.lm.generate(
+                    **enc,
+                    max_new_tokens=self.max_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            out.extend(
+                self.tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
+        return out
+
+
+def one_engine_per_process(tensor_parallel_size: int = 1) -> None:
+    """Under ``torchrun`` / ``accelerate launch`` (``LOCAL_RANK`` set): give this process its own GPUs.
+
+    Process ``LOCAL_RANK`` sees devices ``[LOCAL_RANK * tp, (LOCAL_RANK + 1) * tp)`` of the visible ones, and
+    the launcher's rendezvous variables are removed so vLLM starts a plain single-process engine (the reports
+    are already split by :func:`fgclep_plugin.augment.generate.part_of`, so engines never talk to each other).
+    """
+    local = os.environ.get("LOCAL_RANK")
+    if local is None:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = (
+        visible.split(",")
+        if visible
+        else [str(i) for i in range(int(os.environ.get("LOCAL_WORLD_SIZE", "1")) * tensor_parallel_size)]
+    )
+    mine = devices[int(local) * tensor_parallel_size : (int(local) + 1) * tensor_parallel_size]
+    if len(mine) == tensor_parallel_size:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    for var in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "GROUP_RANK",
+    ):
+        os.environ.pop(var, None)
+
+
+def plain_prompt(messages: list[dict[str, str]]) -> str:
+    """Chat messages as one plain-text prompt, for tokenizers without a chat template."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join([*lines, "Assistant:"])
+
+
+def make_backend(name: str, model: str | None = None, **options: Any) -> Backend:
+    """Build backend ``name`` (one of :data:`BACKENDS`) with its options."""
+    if name == "kb":
+        return KnowledgeBackend(model or "", **options)
+    if name == "openai":
+        return OpenAIBackend(model, **options)
+    if not model:
+        raise ValueError(f"--backend {name} needs --model (a local model directory or hub id)")
+    if name == "vllm":
+        return VllmBackend(model, **options)
+    if name == "transformers":
+        return TransformersBackend(model, **options)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
