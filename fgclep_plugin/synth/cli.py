@@ -8,6 +8,7 @@ import time
 
 from ..cli import HelpFormatter
 from .corpus import DEFAULT_MAXCOUNT, DEFAULT_ROOT, DEFAULT_SEED, DEFAULT_SIZES, generate_corpus
+from .reports import DEFAULT_P_MENTION
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,7 +16,14 @@ def run(args: argparse.Namespace) -> int:
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     t0 = time.time()
     summaries = generate_corpus(
-        args.out, sizes, args.seed, args.workers, args.maxcount, progress=not args.quiet, log=None
+        args.out,
+        sizes,
+        args.seed,
+        args.workers,
+        args.maxcount,
+        progress=not args.quiet,
+        log=None,
+        p_mention=args.p_mention,
     )
     for split, s in summaries.items():
         print(f"{split:5s}: {s['written']} ECGs in {s['shards']} shard(s) -> {s['urls']}")
@@ -44,6 +52,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--val", type=int, default=DEFAULT_SIZES["val"], help="validation records")
     p.add_argument("--test", type=int, default=DEFAULT_SIZES["test"], help="test records")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="corpus seed")
+    p.add_argument(
+        "--p-mention",
+        type=float,
+        default=DEFAULT_P_MENTION,
+        help="probability that a report states each present waveform feature (default set from PTB-XL)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel generator processes")
     p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT, help="records per shard")
     p.add_argument("--summary-json", default=None, help="also write the per-split summaries here")

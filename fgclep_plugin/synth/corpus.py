@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..ecgdata.shards import exclusive_lock, write_shards
+from .reports import DEFAULT_P_MENTION
 from .source import SPLITS, SynthSource
 
 DEFAULT_ROOT = "data/synth"
@@ -34,8 +35,10 @@ def generate_corpus(
     maxcount: int = DEFAULT_MAXCOUNT,
     progress: bool = False,
     log=None,
+    p_mention: float = DEFAULT_P_MENTION,
 ) -> dict[str, dict]:
-    """Write (or complete) the shards of every split; returns the shard writer's summary per split."""
+    """Write (or complete) the shards of every split; returns the shard writer's summary per split.
+    ``p_mention``: probability that a report states each present waveform feature."""
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     unknown = set(sizes) - set(SPLITS)
     if unknown:
@@ -44,7 +47,7 @@ def generate_corpus(
     for split, n in sizes.items():
         if n <= 0:
             continue
-        source = SynthSource(split=split, n=int(n), seed=seed)
+        source = SynthSource(split=split, n=int(n), seed=seed, p_mention=p_mention)
         out[split] = write_shards(
             source, shard_pattern(root, split), maxcount, workers, progress=progress, log=log
         )
@@ -77,12 +80,14 @@ def ensure_synth_corpus(
     workers: int = 1,
     maxcount: int = DEFAULT_MAXCOUNT,
     rebuild_stale: bool = True,
+    p_mention: float = DEFAULT_P_MENTION,
 ) -> dict[str, str]:
     """Shard URL pattern (``.../synth-train-{000000..000007}.tar``) per split; generates missing shards first.
 
-    A split folder holding a corpus of another seed, size or generator version is a stale cache: with
-    ``rebuild_stale`` it is deleted and regenerated (only if it holds nothing but generated files), otherwise
-    RuntimeError.
+    A split folder holding a corpus of another seed, size, mention rate or generator version is a stale cache:
+    with
+    ``rebuild_stale`` it is deleted and regenerated (only if it holds nothing but generated files),
+    otherwise RuntimeError.
     """
     import shutil
 
@@ -98,13 +103,17 @@ def ensure_synth_corpus(
             Path(root) / f".synth-{split}.lock", f"the synthetic {split} split in {root}", _say
         ):
             try:
-                summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+                summary = generate_corpus(root, {split: n}, seed, workers, maxcount, p_mention=p_mention)[
+                    split
+                ]
             except RuntimeError as e:
                 folder = Path(root) / split
                 stale = "different input" in str(e) and _is_generated_split_dir(folder, split)
                 if not (rebuild_stale and stale):
                     raise
                 shutil.rmtree(folder)
-                summary = generate_corpus(root, {split: n}, seed, workers, maxcount)[split]
+                summary = generate_corpus(root, {split: n}, seed, workers, maxcount, p_mention=p_mention)[
+                    split
+                ]
         urls[split] = summary["urls"]
     return urls
