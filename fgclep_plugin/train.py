@@ -87,6 +87,12 @@ def plugin_parser() -> argparse.ArgumentParser:
         "words in the zero-shot prompts (unmapped names: underscores read as spaces)",
     )
     g.add_argument(
+        "--ecg-zeroshot-keep-unlabelled",
+        action="store_true",
+        help="count zero-shot samples without a label as negatives of every class (default: drop them, as "
+        "the PTB-XL benchmark protocol does; their number is logged either way)",
+    )
+    g.add_argument(
         "--ecg-deterministic-data",
         action="store_true",
         help="no shuffling or random crops; rank r gets the r-th slice of each global batch "

@@ -88,6 +88,47 @@ def test_zero_shot_auc_is_perfect_for_an_oracle_and_chance_for_shuffled_labels()
     assert zero_shot_auc(OracleModel(), oracle_tokenizer, [(ecgs, wrong)])["auc"] < 0.5
 
 
+def test_unlabelled_samples_are_dropped_by_default_and_counted():
+    """Samples with no label for the key (PTB-XL records without a superclass) are not negatives of every class:
+    the benchmark protocol drops them. ``drop_unlabelled=False`` keeps them as negatives."""
+    ecgs = torch.zeros(9, 12, 10)
+    ecgs[:, 0, 0] = torch.tensor([0, 1, 2, 0, 1, 2, 0, 0, 0]).float()
+    # 3 unlabelled ECGs that look like 'alpha': as negatives they would lower alpha's AUC
+    labels = [["alpha"], ["beta"], ["gamma"], ["alpha"], ["beta"], ["gamma"], [], [], []]
+    out = zero_shot_auc(OracleModel(), oracle_tokenizer, [(ecgs, labels)])
+    assert (out["auc"], out["n_samples"], out["n_unlabelled"]) == (1.0, 6, 3)
+    kept = zero_shot_auc(OracleModel(), oracle_tokenizer, [(ecgs, labels)], drop_unlabelled=False)
+    assert (kept["n_samples"], kept["n_unlabelled"]) == (9, 3)
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0, 0])
+    assert kept["per_class"]["alpha"] == pytest.approx(roc_auc_score(y, (ecgs[:, 0, 0] == 0).numpy()))
+    assert kept["per_class"]["alpha"] < 1.0
+    with pytest.raises(ValueError, match="no sample has a label"):
+        zero_shot_auc(OracleModel(), oracle_tokenizer, [(ecgs[6:], labels[6:])])
+
+
+def test_training_hook_drops_unlabelled_unless_the_flag_keeps_them(caplog):
+    from fgclep_plugin.train import split_argv
+
+    ecgs = torch.zeros(4, 12, 10)
+    ecgs[:, 0, 0] = torch.tensor([0, 1, 0, 0]).float()
+    data = {DATA_KEY: ZeroShotData([(ecgs, [["alpha"], ["beta"], [], []])])}
+    plugin, _ = split_argv([])
+    run = Namespace(
+        **vars(plugin), zeroshot_frequency=1, epochs=1, model="unused", device="cpu", precision="fp32"
+    )
+    with caplog.at_level("INFO", logger="fgclep_plugin.training.zeroshot"):
+        out = ecg_zero_shot_eval(OracleModel(), data, 1, run, tokenizer=oracle_tokenizer)
+    assert out["ecg-zeroshot-auc"] == 1.0 and out["ecg-zeroshot-unlabelled"] == 2.0
+    assert "2 samples without a label dropped" in caplog.text
+    plugin, _ = split_argv(["--ecg-zeroshot-keep-unlabelled"])
+    run = Namespace(
+        **vars(plugin), zeroshot_frequency=1, epochs=1, model="unused", device="cpu", precision="fp32"
+    )
+    with caplog.at_level("INFO", logger="fgclep_plugin.training.zeroshot"):
+        out = ecg_zero_shot_eval(OracleModel(), data, 1, run, tokenizer=oracle_tokenizer)
+    assert out["ecg-zeroshot-auc"] < 1.0 and "2 samples without a label counted as negatives" in caplog.text
+
+
 def test_zero_shot_auc_matches_an_independent_computation_on_ludb():
     register()
     model, _, preprocess = open_clip.create_model_and_transforms("FGCLEP-Tiny")
@@ -132,6 +173,7 @@ def test_training_hook_runs_on_open_clip_schedule():
     assert ecg_zero_shot_eval(OracleModel(), data, 2, args, tokenizer=oracle_tokenizer) == {
         "ecg-zeroshot-auc": 1.0,
         "ecg-zeroshot-classes": 3.0,
+        "ecg-zeroshot-unlabelled": 0.0,
     }
     assert (
         ecg_zero_shot_eval(OracleModel(), data, 5, args, tokenizer=oracle_tokenizer)["ecg-zeroshot-auc"]

@@ -114,6 +114,7 @@ def zero_shot_auc(
     autocast: Callable[[], Any] = nullcontext,
     input_dtype: torch.dtype | None = None,
     prompt_text: Callable[[str], str] = default_prompt_text,
+    drop_unlabelled: bool = True,
 ) -> dict[str, Any]:
     """Zero-shot macro AUC of ``model`` on labelled ECGs.
 
@@ -121,8 +122,10 @@ def zero_shot_auc(
     sample. ``class_names`` defaults to the sorted union of the labels seen; ``prompt_text(name)`` is put into
     the templates (default: underscores read as spaces). Scores are cosine similarities
     between the ECG embedding and each class's prompt embedding (open_clip's ``build_zero_shot_classifier``
-    over ``templates``); a shared sigmoid scale and bias would not change the AUC. Returns ``auc`` (macro over
-    classes present with both outcomes), ``per_class``, ``skipped``, ``n_samples``, ``class_names``.
+    over ``templates``); a shared sigmoid scale and bias would not change the AUC. Samples without any label
+    are dropped (the PTB-XL benchmark protocol) unless ``drop_unlabelled=False`` counts them as negatives of
+    every class. Returns ``auc`` (macro over classes present with both outcomes), ``per_class``, ``skipped``,
+    ``n_samples`` (samples scored), ``n_unlabelled`` (samples without a label), ``class_names``.
     """
     labels: list[list[str]] = []
 
@@ -134,6 +137,13 @@ def zero_shot_auc(
     ecg_emb = embed_ecgs(model, ecg_batches(), device=device, autocast=autocast, input_dtype=input_dtype)
     if not labels:
         raise ValueError("zero-shot set is empty")
+    labelled = [bool(lab) for lab in labels]
+    n_unlabelled = labelled.count(False)
+    if drop_unlabelled:
+        if not any(labelled):
+            raise ValueError(f"zero-shot set: no sample has a label ({len(labels)} samples)")
+        ecg_emb = ecg_emb[torch.tensor(labelled)]
+        labels = [lab for lab in labels if lab]
     names = sorted({c for lab in labels for c in lab}) if class_names is None else list(class_names)
     if not names:
         raise ValueError("zero-shot set has no class labels")
@@ -159,7 +169,7 @@ def zero_shot_auc(
             if c in index:
                 targets[row, index[c]] = 1
     out = macro_auc(scores, targets, names)
-    out.update(n_samples=len(labels), class_names=names)
+    out.update(n_samples=len(labels), n_unlabelled=n_unlabelled, class_names=names)
     return out
 
 
@@ -217,7 +227,8 @@ def ecg_zero_shot_eval(
     """Drop-in for ``open_clip_train.train.zero_shot_eval``: ECG zero-shot AUC on ``data["ecg-zeroshot"]``.
 
     Runs when open_clip would run its ImageNet zero-shot (every ``--zeroshot-frequency`` epochs and at the
-    last epoch) and returns ``{"ecg-zeroshot-auc", "ecg-zeroshot-classes"}`` for open_clip's eval metrics.
+    last epoch) and returns ``{"ecg-zeroshot-auc", "ecg-zeroshot-classes", "ecg-zeroshot-unlabelled"}`` for
+    open_clip's eval metrics. Unlabelled samples are dropped unless ``--ecg-zeroshot-keep-unlabelled``.
     """
     if DATA_KEY not in data or not args.zeroshot_frequency:
         return {}
@@ -230,6 +241,7 @@ def ecg_zero_shot_eval(
     tokenizer = tokenizer or get_tokenizer(args.model)
     device = torch.device(args.device)
     zs = data[DATA_KEY]
+    drop = not getattr(args, "ecg_zeroshot_keep_unlabelled", False)
     result = zero_shot_auc(
         model,
         tokenizer,
@@ -240,13 +252,21 @@ def ecg_zero_shot_eval(
         device=device,
         autocast=get_autocast(args.precision, device_type=device.type),
         input_dtype=get_input_dtype(args.precision),
+        drop_unlabelled=drop,
     )
     log.info(
-        "ECG zero-shot (epoch %d, %d samples): macro AUC %.4f; per class %s; skipped (one outcome) %s",
+        "ECG zero-shot (epoch %d, %d samples; %d samples without a label %s): macro AUC %.4f; per class %s; "
+        "skipped (one outcome) %s",
         epoch,
         result["n_samples"],
+        result["n_unlabelled"],
+        "dropped" if drop else "counted as negatives",
         result["auc"],
         {k: round(v, 4) for k, v in result["per_class"].items()},
         result["skipped"],
     )
-    return {"ecg-zeroshot-auc": result["auc"], "ecg-zeroshot-classes": float(len(result["per_class"]))}
+    return {
+        "ecg-zeroshot-auc": result["auc"],
+        "ecg-zeroshot-classes": float(len(result["per_class"])),
+        "ecg-zeroshot-unlabelled": float(result["n_unlabelled"]),
+    }
