@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 
@@ -56,14 +57,42 @@ def test_resnet1d50_matches_reference_implementation_param_count():
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()) == 16_483_712
 
 
-def test_resnet1d50_computes_the_same_function_as_the_reference():
+def _reference_weights(ours_sd: dict, ref_sd: dict) -> dict:
+    """Our state dict in the reference's names: trunk and projection in order; the attention pool by role
+    (timm keeps k and v in one stacked ``kv`` matrix and the query as [1, 1, dim])."""
+    ours_sd = {k: v for k, v in ours_sd.items() if k != "ecg_vision_cfg"}  # the stored vision_cfg, no weight
+    head = {k: ours_sd.pop(k) for k in [k for k in ours_sd if k.startswith("attn_pool.")]}
+    out = {}
+    if head:
+        k_w, v_w = head.pop("attn_pool.attn.kv.weight").chunk(2)
+        k_b, v_b = head.pop("attn_pool.attn.kv.bias").chunk(2)
+        role = {"reduce.weight": "down.weight", "reduce.bias": "down.bias", "attn.pos_embed": "pos",
+                "attn.q.weight": "wq.weight", "attn.q.bias": "wq.bias"}  # fmt: skip
+        out = {
+            f"attnpool.{role[k.removeprefix('attn_pool.')]}": v for k, v in head.items() if "latent" not in k
+        }
+        out["attnpool.query"] = head["attn_pool.attn.latent"].reshape(-1)
+        out.update({"attnpool.wk.weight": k_w, "attnpool.wk.bias": k_b})
+        out.update({"attnpool.wv.weight": v_w, "attnpool.wv.bias": v_b})
+    rest = [k for k in ref_sd if k not in out]
+    assert [ref_sd[k].shape for k in rest] == [v.shape for v in ours_sd.values()]
+    out.update(zip(rest, ours_sd.values()))
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in ref_sd.items()}
+    return out
+
+
+MERL_LAYOUT = {"stem_pool": False, "pool": "attention", "attn_dim": 16, "attn_heads": 4}
+
+
+@pytest.mark.parametrize("layout", [{}, MERL_LAYOUT], ids=["torchvision", "merl"])
+def test_resnet1d50_computes_the_same_function_as_the_reference(layout):
     torch.manual_seed(0)
-    ours = build_ecg_tower(32, _cfg(arch="resnet1d50", width=8, zero_init_residual=False)).train()
-    ref = RefResNet1d50(32, width=8).train()
-    ours_sd, ref_sd = ours.state_dict(), ref.state_dict()
-    ours_sd.pop("ecg_vision_cfg")  # the stored vision_cfg, not a weight
-    assert [v.shape for v in ours_sd.values()] == [v.shape for v in ref_sd.values()]
-    ref.load_state_dict(dict(zip(ref_sd, ours_sd.values())))
+    vcfg = _cfg(arch="resnet1d50", width=8, zero_init_residual=False, input_length=900, **layout)
+    ours = build_ecg_tower(32, vcfg).train()
+    attention = (layout["attn_dim"], layout["attn_heads"]) if layout else None
+    ref = RefResNet1d50(32, width=8, stem_pool=not layout, attention=attention, input_length=900).train()
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    ref.load_state_dict(_reference_weights(ours.state_dict(), ref.state_dict()))
     x = torch.randn(3, 12, 900)
     xo, xr = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     yo, yr = ours(xo), ref(xr)
@@ -71,10 +100,98 @@ def test_resnet1d50_computes_the_same_function_as_the_reference():
     yo.square().sum().backward()
     yr.square().sum().backward()
     assert torch.allclose(xo.grad, xr.grad, atol=1e-5)
-    for po, pr in zip(ours.parameters(), ref.parameters()):
-        assert torch.allclose(po.grad, pr.grad, rtol=1e-4, atol=1e-5)
+    ref_grads = {k: p.grad for k, p in ref.named_parameters()}
+    as_ref = _reference_weights({k: p.grad for k, p in ours.named_parameters()}, ref_grads)
+    for name, grad in as_ref.items():
+        assert torch.allclose(grad, ref_grads[name], rtol=1e-4, atol=1e-5), name
     for bo, br in zip(ours.buffers(), ref.buffers()):
         assert torch.allclose(bo.float(), br.float(), atol=1e-6)
+
+
+def _paper_vision_cfg() -> tuple[int, dict]:
+    from fgclep_plugin.training.hooks import config_dir
+
+    raw = json.loads((config_dir() / "FGCLEP-ResNet1d50-BioClinicalBERT.json").read_text())
+    return raw["embed_dim"], raw["vision_cfg"]
+
+
+def test_paper_config_tower_is_the_merl_resnet1d50():
+    """The paper config's ECG tower (its text tower needs the hub) is the MERL benchmark's ResNet1d-50: no
+    stem max-pool, so 313 time steps before pooling for 5000 samples, and an attention-pooling head."""
+    from timm.layers import AttentionPoolLatent
+
+    embed_dim, vision_cfg = _paper_vision_cfg()
+    tower = build_ecg_tower(embed_dim, vision_cfg).eval()
+    assert not any(isinstance(m, nn.MaxPool1d) for m in tower.trunk.modules())
+    x = torch.randn(1, 12, 5000)
+    with torch.no_grad():
+        steps = tower.trunk(x)
+        assert steps.shape == (1, 2048, 313)
+        assert tower.pool(steps).shape == (1, 256) and tower.proj(tower.pool(steps)).shape == (1, embed_dim)
+    assert isinstance(tower.attn_pool.attn, AttentionPoolLatent)
+    assert tower.attn_pool.attn.pos_embed.shape == (313, 256) and tower.attn_pool.attn.num_heads == 4
+    with pytest.raises(ValueError, match=r"input_length = 5000 samples.*got 4000"):
+        tower(x[..., :4000])
+
+
+@pytest.mark.parametrize(("name", "steps"), [("FGCLEP-ResNet1d18-MiniLM", 79), ("FGCLEP-Tiny", 79)])
+def test_small_configs_keep_the_torchvision_layout(name, steps):
+    from fgclep_plugin.training.hooks import config_dir
+
+    raw = json.loads((config_dir() / f"{name}.json").read_text())
+    tower = build_ecg_tower(raw["embed_dim"], raw["vision_cfg"]).eval()
+    assert tower.attn_pool is None and isinstance(tower.trunk.stem[-1], nn.MaxPool1d)
+    with torch.no_grad():
+        assert tower.trunk(torch.randn(1, 12, 2500)).shape[-1] == steps == tower.trunk.output_length(2500)
+
+
+@pytest.mark.parametrize("length", [900, 999, 1000, 1001, 5000])
+@pytest.mark.parametrize("stem_pool", [True, False])
+def test_trunk_output_length_matches_the_trunk(length, stem_pool):
+    tower = build_ecg_tower(8, _cfg(arch="resnet1d18", width=4, stem_pool=stem_pool)).eval()
+    with torch.no_grad():
+        assert tower.trunk(torch.randn(1, 12, length)).shape[-1] == tower.trunk.output_length(length)
+
+
+def test_layout_fields_are_part_of_the_architecture_check():
+    """Same weight shapes with and without the stem max-pool: only the stored vision_cfg tells them apart, and
+    loading one into the other names the field. Old state dicts (no layout fields stored) load as before."""
+    plain, merl_trunk = _small(), _small(stem_pool=False)
+    with pytest.raises(RuntimeError, match=r"stem_pool: False vs True"):
+        plain.load_state_dict(merl_trunk.state_dict())
+    with pytest.raises(RuntimeError, match=r"pool: 'attention' vs 'avg'"):
+        plain.load_state_dict(_small(pool="attention", attn_dim=16).state_dict())
+    with pytest.raises(RuntimeError, match=r"attn_heads: 2 vs 4"):
+        _small(pool="attention", attn_dim=16).load_state_dict(
+            _small(pool="attention", attn_dim=16, attn_heads=2).state_dict()
+        )
+    # a state dict written before the layout fields existed: its stored vision_cfg does not name them
+    old = plain.state_dict()
+    cfg = json.loads(bytes(old["ecg_vision_cfg"].tolist()).decode())
+    for key in ("stem_pool", "attn_dim", "attn_heads"):
+        del cfg[key]
+    old["ecg_vision_cfg"] = torch.tensor(list(json.dumps(cfg).encode()), dtype=torch.uint8)
+    restored = _small()
+    restored.load_state_dict(old)
+    assert torch.equal(restored.proj.weight, plain.proj.weight)
+    with pytest.raises(RuntimeError, match=r"stem_pool: True vs False"):
+        _small(stem_pool=False).load_state_dict(old)
+
+
+def test_attention_pool_config_errors():
+    with pytest.raises(ValueError, match=r"train_crop_length \(2000\) must be unset"):
+        _small(pool="attention", train_crop_length=2000)
+    with pytest.raises(ValueError, match=r"attn_dim \(30\) must be a positive multiple of attn_heads \(4\)"):
+        _small(pool="attention", attn_dim=30)
+    with pytest.raises(ValueError, match="avg, max, avgmax or attention"):
+        _small(pool="cls")
+
+
+def test_lock_keeps_the_attention_pool_in_the_head_group():
+    tower = _small(pool="attention", attn_dim=16)
+    tower.lock(unlocked_groups=1)
+    trainable = {n.split(".")[0] for n, p in tower.named_parameters() if p.requires_grad}
+    assert trainable == {"attn_pool", "proj"}
 
 
 @pytest.mark.parametrize(
@@ -158,15 +275,54 @@ def test_grad_checkpointing_gives_same_gradients_and_bn_stats():
 # ---- transform --------------------------------------------------------------------------------------
 
 
-def test_transform_decimates_crops_and_standardises_per_lead():
+def test_transform_crops_and_standardises_per_lead():
     rng = np.random.default_rng(0)
     ecg = (rng.standard_normal((12, 5000)) * np.arange(1, 13)[:, None] + 3).astype(np.float16)
-    cfg = EcgTowerCfg(sample_rate=250, input_length=2400, norm="per_lead")
+    cfg = EcgTowerCfg(sample_rate=500, input_length=4800, norm="per_lead")
     out = EcgTransform(cfg, is_train=False)(ecg)
-    assert out.dtype == torch.float32 and out.shape == (12, 2400)
-    x = ecg.astype(np.float64).reshape(12, 2500, 2).mean(axis=2)[:, 50:2450]  # centre window
-    expected = (x - x.mean(axis=1, keepdims=True)) / (x.std(axis=1, ddof=1, keepdims=True) + 1e-6)
+    assert out.dtype == torch.float32 and out.shape == (12, 4800)
+    x = ecg.astype(np.float64)[:, 100:4900]  # centre window
+    expected = (x - x.mean(axis=1, keepdims=True)) / x.std(axis=1, ddof=1, keepdims=True)
     np.testing.assert_allclose(out.numpy(), expected, atol=2e-5)
+    assert EcgTransform(EcgTowerCfg(sample_rate=250, input_length=2400))(ecg).shape == (12, 2400)
+
+
+def _gain_db(freq_hz: float, sample_rate: int = 250) -> float:
+    """Gain (dB) of the transform's resampling for a 500 Hz sinusoid of ``freq_hz`` (fixed norm: no scaling),
+    from the RMS of the middle of the output (away from the edges)."""
+    t = np.arange(5000) / 500
+    ecg = np.tile(np.cos(2 * np.pi * freq_hz * t + 0.3), (12, 1)).astype(np.float32)
+    n_out = 5000 * sample_rate // 500
+    cfg = EcgTowerCfg(sample_rate=sample_rate, input_length=n_out, norm="fixed", mean=[0.0], std=[1.0])
+    out = EcgTransform(cfg)(ecg).numpy()[:, n_out // 10 : -n_out // 10]
+    return float(20 * np.log10(np.sqrt(2) * out.std(axis=1).max() + 1e-12))
+
+
+@pytest.mark.parametrize("freq", [0.5, 10.0, 40.0, 80.0])
+def test_decimation_passes_the_ecg_band(freq):
+    assert abs(_gain_db(freq)) < 1.0
+
+
+@pytest.mark.parametrize("freq", [125.0, 150.0, 180.0, 200.0, 240.0])
+def test_decimation_stops_what_would_alias(freq):
+    """Above the new Nyquist (125 Hz at 250 Hz) nothing may fold back into the ECG band: mains harmonics (150,
+    180, 200, 240 Hz) at least 40 dB down (a 2-sample mean passed 150 Hz at -4.6 dB, 125 Hz at -3 dB)."""
+    assert _gain_db(freq) < -40.0
+
+
+def test_decimation_by_five_is_anti_aliased_too():
+    assert abs(_gain_db(20.0, sample_rate=100)) < 1.0 and _gain_db(60.0, sample_rate=100) < -40.0
+
+
+def test_flat_lead_is_not_blown_up_to_full_scale():
+    """A disconnected lead (2 uV of noise) must stay near zero after per-lead standardisation, not come out at the
+    scale of a real lead; leads with a real ECG's amplitude are standardised as before."""
+    rng = np.random.default_rng(1)
+    ecg = (rng.standard_normal((12, 5000)) * 0.3).astype(np.float32)
+    ecg[4] = rng.standard_normal(5000) * 0.002
+    out = EcgTransform(EcgTowerCfg(sample_rate=500, input_length=5000))(ecg)
+    assert float(out[4].std()) < 0.2
+    np.testing.assert_allclose(out[[0, 5, 11]].std(dim=1).numpy(), 1.0, atol=1e-3)
 
 
 def test_transform_fixed_norm_pads_short_records():

@@ -3,8 +3,9 @@
     python -m fgclep_plugin.bench.tower [--batch-size 16] [--reps 5] [--bf16]
 
 Prints, for forward + backward of the ECG tower (one optimiser-free step on a random batch):
-  * ResNet1d50 (the paper config) against a plain reference ResNet1d50 (``benchmarks/reference_resnet1d.py``,
-    same architecture, parameter count asserted equal), measured side by side with interleaved repetitions;
+  * ResNet1d50 (the paper config: MERL layout, no stem max-pool, attention-pooling head) against a plain
+    reference ResNet1d50 (``benchmarks/reference_resnet1d.py``, built with the same layout, parameter count
+    asserted equal), measured side by side with interleaved repetitions;
   * the small offline config's tower at its training input length;
   * a full training step (both towers, FG-CLEP loss, AdamW) of the small offline config;
 with samples/s (best and median repetition) and peak resident memory of a fresh process running that step.
@@ -51,7 +52,7 @@ def _reference_class() -> type[torch.nn.Module]:
 
 def _build(kind: str) -> tuple[Callable[[], None], int]:
     """A closure running one step of the named workload, and the workload's parameter count."""
-    from ..model.tower import build_ecg_tower
+    from ..model.tower import EcgTowerCfg, build_ecg_tower
 
     batch, bf16 = _ARGS["batch_size"], _ARGS["bf16"]
     torch.manual_seed(0)
@@ -59,8 +60,12 @@ def _build(kind: str) -> tuple[Callable[[], None], int]:
         return _small_train_step(batch, bf16)
     if kind == "reference50":
         cfg = _vision_cfg(PAPER_MODEL)
-        model = _reference_class()(cfg["embed_dim"])
-        length = cfg["vision_cfg"]["input_length"]
+        vcfg = EcgTowerCfg.from_vision_cfg(cfg["vision_cfg"])
+        attention = (vcfg.attn_dim, vcfg.attn_heads) if vcfg.pool == "attention" else None
+        length = vcfg.input_length
+        model = _reference_class()(
+            cfg["embed_dim"], vcfg.leads, vcfg.width, vcfg.stem_pool, attention, input_length=length
+        )
     else:
         name = PAPER_MODEL if kind == "ours50" else SMALL_MODEL
         cfg = _vision_cfg(name)
@@ -216,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{'workload (forward + backward)':<44} {'best/s':>8} {'median/s':>8}   {'peakMiB':>8} {'stepMiB':>8}"
     )
     labels = {
-        "ours50": f"ResNet1d50 ECG tower (ours, {n_ours / 1e6:.1f} M params)",
-        "reference50": "ResNet1d50 plain reference",
+        "ours50": f"ResNet1d50 MERL layout (ours, {n_ours / 1e6:.1f} M params)",
+        "reference50": "ResNet1d50 MERL layout, plain reference",
         "small_tower": f"{SMALL_MODEL} ECG tower ({n_small / 1e6:.2f} M)",
         "small_train": f"{SMALL_MODEL} train step ({n_train / 1e6:.1f} M)",
     }

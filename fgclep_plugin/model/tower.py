@@ -3,6 +3,10 @@
 The tower reads its settings from the model config's ``vision_cfg`` (see :class:`EcgTowerCfg`), so a
 checkpoint plus its config name fully describe the model: architecture, width, input rate and length,
 and the normalisation the transform applies (see ``fgclep_plugin.model.transform``).
+
+Two layouts of the same ResNet1d: torchvision's, translated to 1D (stem max-pool, global average head; the
+defaults), and the public ResNet1d of the MERL ECG benchmark (``stem_pool: false``, ``pool: "attention"``:
+no stem max-pool, so 313 time steps for 5000 samples, and an attention-pooling head).
 """
 
 from __future__ import annotations
@@ -51,7 +55,13 @@ class EcgTowerCfg:
         train_crop_length: if set, the training transform takes a random window of this many samples.
         norm: ``"per_lead"`` (standardise each lead of each record) or ``"fixed"`` (``mean`` / ``std``).
         mean, std: per-lead (or one shared) values in mV for ``norm="fixed"``.
-        pool: global pooling over time: ``"avg"``, ``"max"`` or ``"avgmax"`` (concatenated).
+        stem_pool: max-pool (k3 s2) at the end of the stem, as torchvision's ResNet; ``False`` halves the
+            time steps less (the MERL benchmark's ResNet1d: 313 steps for 5000 samples instead of 157).
+        pool: pooling over time: ``"avg"``, ``"max"``, ``"avgmax"`` (concatenated) or ``"attention"`` (a 1x1
+            conv to ``attn_dim`` channels, then timm's ``AttentionPoolLatent``: one learned query attends
+            over the time steps, with learned position embeddings for the ``input_length`` input; the
+            projection below maps its output to ``embed_dim``, as the MERL head's output projection).
+        attn_dim, attn_heads: width and heads of the attention pool (MERL: 256 and 4).
         proj: projection head to ``embed_dim``: ``"linear"`` or ``"mlp"``.
         dropout: dropout before the projection.
         zero_init_residual: initialise the last BatchNorm of each block to zero.
@@ -67,7 +77,10 @@ class EcgTowerCfg:
     norm: str = "per_lead"
     mean: list[float] = field(default_factory=lambda: [0.0])
     std: list[float] = field(default_factory=lambda: [1.0])
+    stem_pool: bool = True
     pool: str = "avg"
+    attn_dim: int = 256
+    attn_heads: int = 4
     proj: str = "linear"
     dropout: float = 0.0
     zero_init_residual: bool = True
@@ -90,8 +103,19 @@ class EcgTowerCfg:
             raise ValueError(f"vision_cfg.arch {self.arch!r} not in {sorted(ARCHS)}")
         if self.norm not in ("per_lead", "fixed"):
             raise ValueError(f"vision_cfg.norm must be 'per_lead' or 'fixed', got {self.norm!r}")
-        if self.pool not in ("avg", "max", "avgmax"):
-            raise ValueError(f"vision_cfg.pool must be avg, max or avgmax, got {self.pool!r}")
+        if self.pool not in ("avg", "max", "avgmax", "attention"):
+            raise ValueError(f"vision_cfg.pool must be avg, max, avgmax or attention, got {self.pool!r}")
+        if self.attn_dim <= 0 or self.attn_heads <= 0 or self.attn_dim % self.attn_heads:
+            raise ValueError(
+                f"vision_cfg.attn_dim ({self.attn_dim}) must be a positive multiple of attn_heads "
+                f"({self.attn_heads})"
+            )
+        if self.pool == "attention" and self.train_crop_length not in (None, self.input_length):
+            raise ValueError(
+                "vision_cfg.pool 'attention' learns one position embedding per time step of input_length "
+                f"({self.input_length} samples), so train_crop_length ({self.train_crop_length}) "
+                "must be unset"
+            )
         if self.proj not in ("linear", "mlp"):
             raise ValueError(f"vision_cfg.proj must be 'linear' or 'mlp', got {self.proj!r}")
         for name in ("mean", "std"):
@@ -168,7 +192,7 @@ def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
 
 
 class ResNet1d(nn.Module):
-    """1D ResNet trunk: stem (conv k7 s2, BN, ReLU, maxpool k3 s2) and four stages. Returns [B, C, T]."""
+    """1D ResNet trunk: stem (conv k7 s2, BN, ReLU, optional maxpool k3 s2), four stages -> [B, C, T]."""
 
     def __init__(
         self,
@@ -176,16 +200,20 @@ class ResNet1d(nn.Module):
         in_channels: int = 12,
         width: int = 64,
         zero_init_residual: bool = True,
+        stem_pool: bool = True,
     ):
         super().__init__()
         kind, depths = ARCHS[arch]
         block = BasicBlock1d if kind == "basic" else Bottleneck1d
-        self.stem = nn.Sequential(
+        stem: list[nn.Module] = [
             nn.Conv1d(in_channels, width, 7, stride=2, padding=3, bias=False),
             _bn(width),
             nn.ReLU(inplace=True),
-            nn.MaxPool1d(3, stride=2, padding=1),
-        )
+        ]
+        if stem_pool:  # parameter-free: the state dict is the same with and without it
+            stem.append(nn.MaxPool1d(3, stride=2, padding=1))
+        self.stem = nn.Sequential(*stem)
+        self.halvings = 1 + int(stem_pool) + len(depths) - 1  # stem conv, stem pool, stages 2..4
         stages = []
         in_ch = width
         for i, depth in enumerate(depths):
@@ -199,6 +227,12 @@ class ResNet1d(nn.Module):
         self.num_features = in_ch
         self.grad_checkpointing = False
         self._init_weights(zero_init_residual)
+
+    def output_length(self, length: int) -> int:
+        """Time steps of the trunk's output for an input of ``length`` samples."""
+        for _ in range(self.halvings):  # each stride-2 layer (k7 p3, k3 p1, k1 p0) rounds up
+            length = -(-length // 2)
+        return length
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
@@ -247,6 +281,30 @@ def _bn_stats_frozen(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+class AttentionPool1d(nn.Module):
+    """Attention pooling over time, [B, C, T] -> [B, dim]: a 1x1 conv to ``dim`` channels, then timm's
+    ``AttentionPoolLatent`` (SigLIP's MAP head without its output projection and MLP: one learned query,
+    learned position embeddings for ``steps`` time steps)."""
+
+    def __init__(self, in_ch: int, dim: int, heads: int, steps: int):
+        super().__init__()
+        # imported here: timm takes seconds to import, and most uses of this module never need it
+        from timm.layers import AttentionPoolLatent
+
+        self.steps = steps
+        self.reduce = nn.Conv1d(in_ch, dim, 1)
+        self.attn = AttentionPoolLatent(
+            dim, out_features=0, num_heads=heads, feat_size=steps, pos_embed="abs"
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.steps:
+            raise ValueError(
+                f"the attention pool has position embeddings for {self.steps} time steps, got {x.shape[-1]}"
+            )
+        return self.attn(self.reduce(x).transpose(1, 2))
+
+
 class EcgTower(nn.Module):
     """open_clip vision tower for ECGs: ``forward([B, leads, T]) -> [B, embed_dim]``."""
 
@@ -254,8 +312,13 @@ class EcgTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.output_dim = embed_dim
-        self.trunk = ResNet1d(cfg.arch, cfg.leads, cfg.width, cfg.zero_init_residual)
+        self.trunk = ResNet1d(cfg.arch, cfg.leads, cfg.width, cfg.zero_init_residual, cfg.stem_pool)
         feat = self.trunk.num_features * (2 if cfg.pool == "avgmax" else 1)
+        self.attn_pool: AttentionPool1d | None = None
+        if cfg.pool == "attention":
+            steps = self.trunk.output_length(cfg.input_length)
+            self.attn_pool = AttentionPool1d(self.trunk.num_features, cfg.attn_dim, cfg.attn_heads, steps)
+            feat = cfg.attn_dim
         self.dropout = nn.Dropout(cfg.dropout)
         if cfg.proj == "linear":
             self.proj = nn.Linear(feat, embed_dim)
@@ -265,6 +328,8 @@ class EcgTower(nn.Module):
         self._frozen_bn: set[str] = set()
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.attn_pool is not None:
+            return self.attn_pool(x)
         if self.cfg.pool == "avg":
             return x.mean(dim=-1)
         if self.cfg.pool == "max":
@@ -272,9 +337,15 @@ class EcgTower(nn.Module):
         return torch.cat([x.mean(dim=-1), x.amax(dim=-1)], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled trunk features [B, F] before the projection (used by linear probing)."""
+        """Pooled trunk features [B, F] (attention pool: [B, attn_dim]) before the projection (used by
+        linear probing)."""
         if x.ndim != 3 or x.shape[1] != self.cfg.leads:
             raise ValueError(f"ECG tower expects [batch, {self.cfg.leads}, samples], got {tuple(x.shape)}")
+        if self.attn_pool is not None and x.shape[-1] != self.cfg.input_length:
+            raise ValueError(
+                f"ECG tower with the attention pool expects input_length = {self.cfg.input_length} samples "
+                f"(its position embeddings are learned for them), got {x.shape[-1]}"
+            )
         return self.pool(self.trunk(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,10 +354,12 @@ class EcgTower(nn.Module):
     def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
         """Freeze the tower except its last ``unlocked_groups`` groups.
 
-        Groups, first to last: stem, stage 1..4, projection head. ``freeze_bn_stats`` also puts the
-        BatchNorm layers of frozen groups in eval mode permanently (running statistics stop updating).
+        Groups, first to last: stem, stage 1..4, head (attention pool if any, and projection).
+        ``freeze_bn_stats`` also puts the BatchNorm layers of frozen groups in eval mode permanently (running
+        statistics stop updating).
         """
-        groups: list[nn.Module] = [self.trunk.stem, *self.trunk.stages, self.proj]
+        head = nn.ModuleList([m for m in (self.attn_pool, self.proj) if m is not None])
+        groups: list[nn.Module] = [self.trunk.stem, *self.trunk.stages, head]
         frozen = groups[: max(len(groups) - unlocked_groups, 0)]
         for g in frozen:
             for p in g.parameters():
@@ -322,7 +395,8 @@ class EcgTower(nn.Module):
     ):
         stored = state_dict.pop(prefix + CFG_STATE_KEY, None)
         if stored is not None:
-            saved = json.loads(bytes(stored.to(torch.uint8).tolist()).decode())
+            # a field the checkpoint does not name was added later: it had the field's default behaviour
+            saved = {**EcgTowerCfg().to_dict(), **json.loads(bytes(stored.to(torch.uint8).tolist()).decode())}
             mine = self.cfg.to_dict()
             diff = {
                 k: (saved.get(k), mine.get(k))
@@ -331,7 +405,8 @@ class EcgTower(nn.Module):
             }
             if diff:
                 error_msgs.append(
-                    "the checkpoint's ECG tower was trained on another input (field: checkpoint vs model): "
+                    "the checkpoint's ECG tower was trained on another input or layout "
+                    "(field: checkpoint vs model): "
                     + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
                 )
         super()._load_from_state_dict(
