@@ -57,17 +57,21 @@ def _pyplot():
 
 
 def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """2-D t-SNE ``[N, 2]`` of embeddings ``[N, D]`` (scikit-learn, PCA initialisation, ``random_state=seed``);
-    the perplexity is lowered to ``(N - 1) / 3`` for small sets. Needs N >= 4."""
+    """2-D t-SNE ``[N, 2]`` of embeddings ``[N, D]`` (scikit-learn, PCA initialisation, ``random_state=seed``:
+    the same input gives the same map); the perplexity is lowered to ``(N - 1) / 3`` for small sets. Needs
+    N >= 4. Runs on one OpenMP thread: Barnes-Hut's threads spin on a busy machine (measured 10-15x slower
+    on 2 shared cores)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     emb = np.asarray(emb, dtype=np.float32)
     if len(emb) < 4:
         raise ValueError(f"t-SNE needs at least 4 ECGs, got {len(emb)}")
     perplexity = min(perplexity, (len(emb) - 1) / 3)
-    return TSNE(
-        n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
-    ).fit_transform(emb)
+    with threadpool_limits(1, user_api="openmp"):
+        return TSNE(
+            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+        ).fit_transform(emb)
 
 
 def primary_labels(labels: Sequence[Sequence[str]]) -> list[str]:
