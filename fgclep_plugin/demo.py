@@ -88,24 +88,23 @@ def launch_command(args: argparse.Namespace, urls: dict[str, str]) -> list[str]:
     ]
 
 
-def steps_per_epoch(train_samples: int, batch_size: int, processes: int, workers: int) -> int:
-    """Optimiser steps per epoch of the training pipeline: whole global batches, rounded up to a multiple of the
-    dataloader workers (each worker yields the same number of batches; see ``data.get_ecg_wds_dataset``)."""
-    batches = -(-train_samples // (batch_size * processes))
-    readers = max(1, workers)
-    return -(-batches // readers) * readers
+def read_curve(run_dir: Path) -> list[dict]:
+    """(epoch, mean loss, AUC) rows from the run's loss log and open_clip's results.jsonl.
 
-
-def read_curve(run_dir: Path, steps_per_epoch: int) -> list[dict]:
-    """(epoch, mean loss, AUC) rows from the run's loss log and open_clip's results.jsonl."""
-    losses = [json.loads(line) for line in (run_dir / "losses-rank0.jsonl").read_text().splitlines()]
+    Loss rows are grouped by the epoch they were logged in; of repeated steps (an epoch re-run after a resume)
+    the last row counts, so each epoch's mean is that of the run that completed it.
+    """
+    by_step = {}
+    for line in (run_dir / "losses-rank0.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        by_step[row["step"]] = row
     results = [
         json.loads(line) for line in (run_dir / "checkpoints" / "results.jsonl").read_text().splitlines()
     ]
     rows = []
     for i, r in enumerate(results):  # one line per epoch (--zeroshot-frequency 1)
-        epoch = int(r.get("epoch", i + 1))
-        chunk = [x for x in losses if (epoch - 1) * steps_per_epoch <= x["step"] < epoch * steps_per_epoch]
+        epoch = int(r.get("epoch", i + 1))  # completed epochs, 1-based; the loss log's epoch is 0-based
+        chunk = [x for x in by_step.values() if x["epoch"] == epoch - 1]
         siglip, fnm = (
             sum(x[k] for x in chunk) / max(len(chunk), 1) for k in ("contrastive_loss", "fnm_loss")
         )
@@ -149,8 +148,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(line.rstrip()[:240], flush=True)
     if proc.returncode:
         raise SystemExit(f"training failed (exit code {proc.returncode}); see {run_dir / 'out.log'}")
-    steps = steps_per_epoch(args.train_samples, args.batch_size, args.processes, args.workers)
-    rows = [{"epoch": 0, "loss": None, "auc": auc0}, *read_curve(run_dir, steps)]
+    rows = [{"epoch": 0, "loss": None, "auc": auc0}, *read_curve(run_dir)]
     print("\n" + format_curve(rows))
     (run_dir / "curve.json").write_text(json.dumps(rows, indent=1))
     return rows

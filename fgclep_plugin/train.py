@@ -99,7 +99,10 @@ def plugin_parser() -> argparse.ArgumentParser:
         "(N processes then see the same global batches as one)",
     )
     g.add_argument(
-        "--loss-log", default=None, help="append each step's loss terms of process r to <path>-rank<r>.jsonl"
+        "--loss-log",
+        default=None,
+        help="append one row per optimiser step of process r to <path>-rank<r>.jsonl: open_clip's epoch "
+        "(0-based) and global step, and each loss term (mean over the --accum-freq micro-batches)",
     )
     return p
 

@@ -12,7 +12,7 @@ import open_clip_train.main as oc_main
 import open_clip_train.train as oc_train
 import pytest
 import torch
-from train_helpers import LUDB_TEST, LUDB_TRAIN, LUDB_ZEROSHOT, tiny_run_argv
+from train_helpers import LUDB_TEST, LUDB_ZEROSHOT, tiny_run_argv
 
 from fgclep_plugin.ecgdata.reader import iter_samples
 from fgclep_plugin.train import main, split_argv
@@ -163,27 +163,68 @@ def test_loss_log_records_terms_that_sum_to_the_logged_loss(tmp_path):
         is None
     )
     rows = [json.loads(line) for line in Path(f"{log_base}-rank0.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1, 2]
-    assert all(set(r) == {"step", "contrastive_loss", "fnm_loss"} and r["fnm_loss"] > 0 for r in rows)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 0), (0, 1), (0, 2)]
+    assert all(
+        set(r) == {"epoch", "step", "contrastive_loss", "fnm_loss"} and r["fnm_loss"] > 0 for r in rows
+    )
     out_log = (tmp_path / "run" / "out.log").read_text()
     assert f"Contrastive_loss: {rows[0]['contrastive_loss']:#.5g}" in out_log
     assert os.path.exists(tmp_path / "run" / "checkpoints" / "epoch_1.pt")
 
 
-def test_loss_log_steps_continue_after_a_resume(tmp_path):
-    """A resumed run appends to the same loss log; its steps must continue, not restart at 0."""
-    from fgclep_plugin.training.hooks import _LossRecorder
+def _scheduler_steps(monkeypatch) -> list[int]:
+    """The steps open_clip's loop passes to its cosine LR scheduler (its own step count), recorded."""
+    steps: list[int] = []
+    cosine_lr = oc_main.cosine_lr
 
-    def fake_loss(x):
-        return {"contrastive_loss": torch.tensor(x), "fnm_loss": torch.tensor(0.0)}
+    def recording_cosine_lr(*args, **kwargs):
+        scheduler = cosine_lr(*args, **kwargs)
 
-    first = _LossRecorder(fake_loss, str(tmp_path / "l"), 0)
-    for x in (1.0, 2.0):
-        first(x)
-    resumed = _LossRecorder(fake_loss, str(tmp_path / "l"), 0)
-    resumed(3.0)
-    rows = [json.loads(line) for line in (tmp_path / "l-rank0.jsonl").read_text().splitlines()]
-    assert [(r["step"], r["contrastive_loss"]) for r in rows] == [(0, 1.0), (1, 2.0), (2, 3.0)]
+        def step(s):
+            steps.append(s)
+            return scheduler(s)
+
+        return step
+
+    monkeypatch.setattr(oc_main, "cosine_lr", recording_cosine_lr)
+    return steps
+
+
+def test_loss_log_keeps_open_clip_steps_through_a_crash_and_resume(tmp_path, monkeypatch):
+    """A run dies in the middle of epoch 2 and is resumed from epoch_1.pt: the log holds the dead run's partial
+    epoch and the full re-run, each row with open_clip's own epoch and step, and the demo's curve takes each epoch's
+    mean from the rows of the run that completed it."""
+    import fgclep_plugin.model.loss as loss_module
+    from fgclep_plugin.demo import read_curve
+
+    create = loss_module.create_fgclep_loss
+
+    def crashing_loss(args):
+        loss, calls = create(args), []
+
+        def call(*a, **kw):
+            calls.append(1)
+            if len(calls) == 5:  # epoch 2 (0-based 1), its 2nd step
+                raise RuntimeError("simulated crash")
+            return loss(*a, **kw)
+
+        return call
+
+    monkeypatch.setattr(loss_module, "create_fgclep_loss", crashing_loss)
+    log_base = str(tmp_path / "run" / "losses")  # where the demo puts it
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(train_argv(tmp_path, "--epochs", "2", "--loss-log", log_base))
+    monkeypatch.setattr(loss_module, "create_fgclep_loss", create)
+    steps = _scheduler_steps(monkeypatch)
+    assert main(train_argv(tmp_path, "--epochs", "2", "--loss-log", log_base, "--resume", "latest")) is None
+    rows = [json.loads(line) for line in Path(f"{log_base}-rank0.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 3), (1, 4), (1, 5)]
+    assert steps == [3, 4, 5] == [r["step"] for r in rows[4:]]  # the steps open_clip itself counted
+    curve = read_curve(tmp_path / "run")
+    assert [c["epoch"] for c in curve] == [1, 2]
+    for c, chunk in zip(curve, (rows[:3], rows[4:])):
+        assert c["siglip"] == pytest.approx(np.mean([r["contrastive_loss"] for r in chunk]))
+        assert c["fnm"] == pytest.approx(np.mean([r["fnm_loss"] for r in chunk]))
 
 
 def test_training_benchmark_runs_real_steps():
@@ -195,7 +236,8 @@ def test_training_benchmark_runs_real_steps():
     assert "samples/s" in format_result(r)
 
 
-def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
+def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path, monkeypatch):
+    steps = _scheduler_steps(monkeypatch)  # open_clip calls it per micro-batch with the optimiser step
     assert (
         main(
             train_argv(
@@ -214,22 +256,9 @@ def test_accum_freq_and_grad_checkpointing_run_through_open_clip(tmp_path):
         is None
     )
     rows = [json.loads(line) for line in Path(f"{tmp_path / 'l'}-rank0.jsonl").read_text().splitlines()]
-    assert len(rows) == 4  # 2 optimiser steps x 2 accumulated micro-batches, each with its loss
+    # one row per optimiser step (2 steps of 2 accumulated micro-batches), numbered as open_clip numbers them
+    assert [(r["epoch"], r["step"]) for r in rows] == [(0, 0), (0, 1)] and steps == [0, 0, 1, 1]
     assert (tmp_path / "run" / "checkpoints" / "epoch_1.pt").exists()
-
-
-@pytest.mark.parametrize("workers", [0, 1, 2, 3])
-def test_demo_steps_per_epoch_match_the_training_pipeline(workers):
-    """The demo splits the loss log into epochs; a wrong step count would shift every epoch's mean loss."""
-    from open_clip_train.params import parse_args
-
-    from fgclep_plugin.demo import steps_per_epoch
-    from fgclep_plugin.training.pipeline import get_ecg_wds_dataset
-
-    args = parse_args(["--train-data", LUDB_TRAIN, "--train-num-samples", "100", "--batch-size", "8"])
-    args.workers, args.world_size, args.rank = workers, 1, 0
-    info = get_ecg_wds_dataset(args, None, True, tokenizer=lambda texts: torch.zeros(len(texts), 1))
-    assert steps_per_epoch(100, 8, 1, workers) == info.dataloader.num_batches
 
 
 @pytest.mark.slow

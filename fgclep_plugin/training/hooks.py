@@ -247,24 +247,58 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
 
 
 class _LossRecorder:
-    """Wraps the loss to append each step's terms of this process to ``<--loss-log>-rank<r>.jsonl``; steps
-    continue the numbering of an existing file (``--resume``)."""
+    """Wraps the loss to append one row per optimiser step of this process to ``<--loss-log>-rank<r>.jsonl``:
+    open_clip's own ``epoch`` (0-based, as ``train_one_epoch`` gets it) and ``step`` (global, as its LR scheduler
+    gets it) and each loss term, averaged over the ``--accum-freq`` micro-batch calls of that step.
+
+    The numbering comes from the loop (:func:`_hook_train_one_epoch` calls :meth:`start_epoch`), not from counting
+    rows: a run resumed after a crash in the middle of an epoch re-runs that epoch from its first step, and its rows
+    repeat the dead run's (epoch, step) pairs instead of shifting every later step. Readers keep the last row of
+    each step (``fgclep_plugin.demo.read_curve``).
+    """
 
     def __init__(self, loss, path: str, rank: int):
         self.loss, self.path = loss, f"{path}-rank{rank}.jsonl"
-        self.step = len(Path(self.path).read_text().splitlines()) if Path(self.path).is_file() else 0
+        self.epoch: int | None = None
+        self.first_step, self.accum_freq, self.calls, self.pending = 0, 1, 0, []
+
+    def start_epoch(self, epoch: int, num_batches: int, accum_freq: int) -> None:
+        """Called as open_clip starts ``epoch``: its steps are ``num_batches // accum_freq * epoch + i``."""
+        self.epoch, self.accum_freq = epoch, accum_freq
+        self.first_step, self.calls, self.pending = num_batches // accum_freq * epoch, 0, []
 
     def __call__(self, *args, **kwargs):
+        if self.epoch is None:
+            raise RuntimeError("loss log: the loss was called outside open_clip's train_one_epoch")
         out = self.loss(*args, **kwargs)
         terms = out if isinstance(out, dict) else {"loss": out}
-        import json
+        self.pending.append({k: float(v.detach()) for k, v in terms.items()})
+        self.calls += 1
+        if len(self.pending) == self.accum_freq:  # the last micro-batch of this optimiser step
+            import json
 
-        with open(self.path, "a") as f:
-            f.write(
-                json.dumps({"step": self.step, **{k: float(v.detach()) for k, v in terms.items()}}) + "\n"
-            )
-        self.step += 1
+            step = self.first_step + (self.calls - 1) // self.accum_freq
+            mean = {k: sum(p[k] for p in self.pending) / len(self.pending) for k in self.pending[0]}
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"epoch": self.epoch, "step": step, **mean}) + "\n")
+            self.pending = []
         return out
+
+
+def _hook_train_one_epoch(open_clip_train_one_epoch):
+    """Replaces ``open_clip_train.main.train_one_epoch``: tells the ``--loss-log`` recorder which epoch starts and
+    how the loop numbers its steps, then runs open_clip's epoch unchanged."""
+
+    def train_one_epoch(
+        model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=None
+    ):
+        if isinstance(loss, _LossRecorder):
+            loss.start_epoch(epoch, data["train"].dataloader.num_batches, args.accum_freq)
+        return open_clip_train_one_epoch(
+            model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, tb_writer=tb_writer
+        )
+
+    return train_one_epoch
 
 
 def _hook_create_loss(args):
@@ -312,6 +346,7 @@ class training_hooks:  # lower case: used like contextlib's context managers
             (oc_main, "create_model_and_transforms", _hook_create_model(self.plugin_args)),
             (oc_main, "get_data", _hook_get_data),
             (oc_main, "create_loss", _hook_create_loss),
+            (oc_main, "train_one_epoch", _hook_train_one_epoch(oc_main.train_one_epoch)),
             (oc_train, "zero_shot_eval", ecg_zero_shot_eval),
             (torch.nn.parallel, "DistributedDataParallel", _cpu_safe_ddp()),
         ]
