@@ -85,6 +85,7 @@ class CountingBackend(Backend):
         ("['tall T waves', 'tall t waves', 'Q waves']", ["tall t waves", "q waves"], "ok"),
         ('{"features": ["1. Left axis deviation"]}', ["left axis deviation"], "ok"),
         ('The list [1, 2] then ["delta wave"]', ["delta wave"], "ok"),
+        ('["st\x04 elevation"]', ["st elevation"], "ok"),  # raw control character (a grammar allowed it)
         ("[]", [], "empty"),
         ("   ", [], "empty"),
         ("[1, 2, 3]", [], "empty"),

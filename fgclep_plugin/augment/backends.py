@@ -268,6 +268,25 @@ class TransformersBackend(Backend):
         return out
 
 
+class LazyBackend(Backend):
+    """A backend built on its first call: a run whose reports are all cached never loads the model."""
+
+    def __init__(self, name: str, model: str, build: Callable[[], Backend], **kw: Any) -> None:
+        super().__init__(model, **kw)
+        self.name, self._build, self._inner = name, build, None
+
+    def complete(self, reports: Sequence[str]) -> list[str | None]:
+        if self._inner is None:
+            self._inner = self._build()
+        out = self._inner.complete(reports)
+        self.failures, self.failed = self._inner.failures, self._inner.failed
+        return out
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
 def one_engine_per_process(tensor_parallel_size: int = 1) -> None:
     """Under ``torchrun`` / ``accelerate launch`` (``LOCAL_RANK`` set): give this process its own GPUs.
 
@@ -306,15 +325,15 @@ def plain_prompt(messages: list[dict[str, str]]) -> str:
 
 
 def make_backend(name: str, model: str | None = None, **options: Any) -> Backend:
-    """Build backend ``name`` (one of :data:`BACKENDS`) with its options."""
+    """Backend ``name`` (one of :data:`BACKENDS`) with its options; model backends load on first use."""
     if name == "kb":
         return KnowledgeBackend(model or "", **options)
     if name == "openai":
         return OpenAIBackend(model, **options)
     if not model:
         raise ValueError(f"--backend {name} needs --model (a local model directory or hub id)")
-    if name == "vllm":
-        return VllmBackend(model, **options)
-    if name == "transformers":
-        return TransformersBackend(model, **options)
+    classes = {"vllm": VllmBackend, "transformers": TransformersBackend}
+    if name in classes:
+        limits = {k: options[k] for k in ("max_features", "max_chars") if k in options}
+        return LazyBackend(name, model, lambda: classes[name](model, **options), **limits)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")

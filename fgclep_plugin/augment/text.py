@@ -95,7 +95,9 @@ _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 
 def _literal_values(text: str) -> Iterator[object]:
     """JSON / Python-literal values starting at a '[' or '{' in ``text``, in order (json, then ast only)."""
-    decoder = json.JSONDecoder()
+    decoder = json.JSONDecoder(
+        strict=False
+    )  # control characters inside strings: normalise_feature drops them
     starts = [i for i, c in enumerate(text) if c in "[{"][:20]
     for i in starts:
         try:
