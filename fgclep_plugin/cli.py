@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.ecgdata.inspect",
     "fgclep_plugin.bench.shards",
     "fgclep_plugin.augment.generate",
+    "fgclep_plugin.augment.rewrite",
     "fgclep_plugin.evaluate.retrieval",
     "fgclep_plugin.evaluate.figures",
 )

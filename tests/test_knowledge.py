@@ -49,7 +49,7 @@ def test_every_synthetic_diagnosis_phrase_is_covered_and_candidates_score():
 def test_kb_proposes_more_than_the_generator_links():
     """Like an LLM it proposes features of related diagnoses, so some candidates are usually absent."""
     beyond = 0
-    for name, d in DIAGNOSES.items():
+    for d in DIAGNOSES.values():
         if not d["features"]:
             continue
         proposed = {kb.feature_of(c) for c in kb.propose(d["phrases"][0])} - {None}

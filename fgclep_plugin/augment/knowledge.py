@@ -29,7 +29,8 @@ from functools import cache
 from ..synth.vocabulary import FEATURES
 from .text import normalise_feature
 
-MAX_CANDIDATES = 12
+VERSION = "kb-v1"  # the kb backend's model identity in the candidate cache: bump when the tables change
+MAX_CANDIDATES = 10
 
 # Features seen in real reports that the synthetic vocabulary does not model (name -> phrase).
 EXTRA_PHRASES: dict[str, str] = {

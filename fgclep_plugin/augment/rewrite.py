@@ -1,0 +1,580 @@
+"""``fgclep augment``: validate every sample's candidate features with the stage-1 model and write new shards.
+
+Output shard ``k`` holds input shard ``k``'s samples (same keys, same ECG): ``txt`` is the original report plus
+the kept features as one sentence, ``json`` the input metadata plus ``stage2`` (the original report, every
+candidate with its cosine, probability, calibrated threshold and decision, the rule, model and checkpoint).
+Inputs are never modified. Each output shard is written atomically by the shard writer and skipped when a
+re-run finds it complete, so a killed run resumes without duplicates or losses; a sample that cannot be read
+goes to the rejects list with its reason and the rest of its shard is kept. Under ``accelerate launch`` /
+``torchrun`` (``RANK``, ``WORLD_SIZE``) or ``--num-shards/--shard-index`` process ``r`` of ``n`` takes input
+shards ``r, r + n, ...``.
+
+Candidates come from the cache ``fgclep features generate`` fills; with ``--backend kb`` reports missing from
+it are proposed in-process by the knowledge base and appended to the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..ecgdata.reader import decode_sample, expand_urls, iter_raw
+from ..ecgdata.records import CanonicalSample, RejectError
+from ..ecgdata.shards import (
+    SHARD_NUMBER,
+    STATE_DIR,
+    atomic_write_bytes,
+    atomic_write_json,
+    exclusive_lock,
+    out_pattern_to_brace,
+    write_one_shard,
+)
+from . import knowledge
+from .cache import CandidateCache, load_entries
+from .text import PROMPT_VERSION, normalise_report, report_key
+from .validate import (
+    CALIB_SIZE,
+    COSINE_THRESHOLD,
+    DEFAULT_RULE,
+    PAPER_THRESHOLD,
+    QUANTILE,
+    RULES,
+    RuleConfig,
+    Tally,
+    TextTable,
+    calibrate,
+    decide,
+    ecg_embeddings,
+    score_pairs,
+)
+
+MAX_NAMED_WARNINGS = 20
+QUANTILES = (0.8, 0.9, 0.95, 0.98)  # calibrated thresholds stored for each, so summaries can compare them
+# Rules compared in every summary (the chosen one is added): decisions recomputed from the stored scores.
+COMPARED = (
+    RuleConfig("paper", paper_threshold=PAPER_THRESHOLD),
+    RuleConfig("cosine", cosine_threshold=0.2),
+    RuleConfig("cosine", cosine_threshold=COSINE_THRESHOLD),
+    RuleConfig("cosine", cosine_threshold=0.4),
+    *(RuleConfig("quantile", quantile=q) for q in QUANTILES),
+)
+
+
+def augmented_text(report: str, kept: Sequence[str]) -> str:
+    """The original report followed by the kept features as one sentence."""
+    report = " ".join(str(report).split())
+    if not kept:
+        return report
+    sep = "" if not report or report.endswith((".", "!", "?")) else "."
+    return f"{report}{sep} {', '.join(kept)}.".strip()
+
+
+def read_shard(url: str) -> Iterator[tuple[str, dict[str, Any] | RejectError]]:
+    """(key, decoded sample) per sample of a shard, or (key, RejectError) for a sample that cannot be decoded;
+    a shard unreadable from some point on ends with one ``unreadable-shard-rest`` reject."""
+    n = 0
+    try:
+        for raw in iter_raw(url):
+            n += 1
+            key = str(raw.get("__key__", f"#{n}"))
+            try:
+                yield key, decode_sample(raw)
+            except Exception as e:  # noqa: BLE001  any member problem: this sample only
+                yield key, RejectError("corrupt-sample", f"{url}: sample {key}: {type(e).__name__}: {e}")
+    except (OSError, ValueError) as e:
+        yield (
+            f"{Path(url).name}#after-{n}",
+            RejectError("unreadable-shard-rest", f"{url}: unreadable after {n} samples: {e}"),
+        )
+
+
+class PreparedShard:
+    """Shard-writer source of one rewritten shard: ``load`` returns the prepared ``CanonicalSample`` or raises
+    the sample's ``RejectError``."""
+
+    name = "augment"
+
+    def __init__(self, entries: list[tuple[str, CanonicalSample | RejectError]]):
+        self.entries = dict(entries)
+        self.order = [k for k, _ in entries]
+
+    def items(self) -> list[str]:
+        """The input keys, in input order."""
+        return list(self.order)
+
+    def load(self, item: str) -> CanonicalSample:
+        """The rewritten sample (or its reject)."""
+        v = self.entries[item]
+        if isinstance(v, RejectError):
+            raise v
+        return v
+
+
+class CandidateSource:
+    """Candidate features per report key: the cache, plus in-process knowledge-base answers for ``kb``."""
+
+    def __init__(self, cache_dir: str, backend: str, model: str, prompt_version: str, index: int, n: int):
+        self.cache_dir, self.backend, self.model, self.prompt_version = (
+            cache_dir,
+            backend,
+            model,
+            prompt_version,
+        )
+        self.index, self.n = index, n
+        self.entries = load_entries(cache_dir, backend, model, prompt_version)
+        self.made: set[str] = set()
+        self.cached: set[str] = set()
+        self.warned = 0
+        self.empty_reports: set[str] = set()
+
+    def get(self, reports: dict[str, str]) -> dict[str, list[str]]:
+        """Candidates of every key of ``reports`` (key -> normalised report)."""
+        missing = [k for k in reports if k not in self.entries]
+        if missing and self.backend != "kb":
+            raise RuntimeError(
+                f"{len(missing)} report(s) have no candidates in {self.cache_dir} for backend "
+                f"{self.backend!r}, model {self.model!r}, prompt {self.prompt_version!r} (e.g. "
+                f"{reports[missing[0]]!r:.80}); fill the cache first: fgclep features generate --data SHARDS "
+                f"--cache {self.cache_dir} --backend {self.backend} --model {self.model}"
+            )
+        if missing:
+            with CandidateCache(
+                self.cache_dir, "kb", self.model, self.prompt_version, self.index, self.n
+            ) as cache:
+                for k in missing:
+                    feats = knowledge.propose(reports[k])
+                    cache.add(k, reports[k], feats, "ok" if feats else "empty", json.dumps(feats))
+                    self.entries[k] = {"features": feats, "status": "ok" if feats else "empty"}
+            self.made |= set(missing)
+        self.cached |= {k for k in reports if k not in self.made}
+        out = {}
+        for k, text in reports.items():
+            e = self.entries[k]
+            feats = [str(f) for f in (e.get("features") or []) if isinstance(f, str) and f.strip()]
+            feats = list(dict.fromkeys(feats))
+            if not feats and k not in self.empty_reports:
+                self.empty_reports.add(k)
+                if self.warned < MAX_NAMED_WARNINGS:
+                    self.warned += 1
+                    warnings.warn(
+                        f"report {k[:12]} ({text!r:.80}): cache entry has no candidates "
+                        f"(status {e.get('status', '?')}); 0 candidates",
+                        stacklevel=2,
+                    )
+            out[k] = feats
+        return out
+
+
+class Calibration:
+    """Reference ECG embeddings and their candidate lists, saved beside the outputs so a resumed run (and
+    every process) calibrates on the same reference; thresholds per candidate text computed on demand, for the
+    run's quantile and the compared ones."""
+
+    def __init__(self, emb: torch.Tensor, proposed: list[list[str]], q: float, texts: TextTable):
+        self.emb, self.proposed, self.texts = emb, proposed, texts
+        self.qs = sorted({float(q), *QUANTILES})
+        self.thresholds: dict[str, dict[float, float]] = {}
+
+    def threshold(self, candidates: Sequence[str]) -> list[dict[float, float]]:
+        """Calibrated cosine thresholds (quantile -> threshold) per candidate text ({} without a reference)."""
+        new = [c for c in dict.fromkeys(candidates) if c not in self.thresholds]
+        if new:
+            got = calibrate(self.emb, self.proposed, self.texts, new, self.qs)
+            for c in new:
+                self.thresholds[c] = got.get(c, {})
+        return [self.thresholds[c] for c in candidates]
+
+    @classmethod
+    def load_or_build(
+        cls,
+        state: Path,
+        urls: Sequence[str],
+        calib_size: int,
+        q: float,
+        lm,
+        texts: TextTable,
+        cands: CandidateSource,
+    ) -> Calibration:
+        """Load ``state``.npy/.json or build it from the first samples of every input shard."""
+        npy, meta = state.with_suffix(".npy"), state.with_suffix(".json")
+        if npy.exists() and meta.exists():
+            emb = torch.from_numpy(np.load(npy, allow_pickle=False))
+            return cls(emb, json.loads(meta.read_text())["proposed"], q, texts)
+        per_shard = max(1, -(-calib_size // max(1, len(urls))))
+        ecgs, reports = [], []
+        for url in urls:
+            taken = 0
+            for _, s in read_shard(url):
+                if taken >= per_shard:
+                    break
+                if isinstance(s, RejectError):
+                    continue
+                try:
+                    x = lm.preprocess(s["ecg"])
+                except ValueError:
+                    continue
+                ecgs.append(x)
+                reports.append(normalise_report(s["text"]))
+                taken += 1
+        keys = [report_key(r) for r in reports]
+        got = cands.get(dict(zip(keys, reports)))
+        proposed = [got[k] for k in keys]
+        emb = ecg_embeddings(lm, ecgs)
+        atomic_write_bytes(npy, _npy_bytes(emb.numpy()))
+        atomic_write_json(meta, {"n": len(keys), "per_shard": per_shard, "proposed": proposed})
+        return cls(emb, proposed, q, texts)
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _process_shard(
+    url: str,
+    lm,
+    texts: TextTable,
+    cands: CandidateSource,
+    calib: Calibration,
+    cfg: RuleConfig,
+    provenance: dict[str, Any],
+) -> list[tuple[str, CanonicalSample | RejectError]]:
+    """Score and rewrite one input shard in memory: (key, rewritten sample or reject) in input order."""
+    entries: list[tuple[str, Any]] = []
+    good: list[tuple[int, dict[str, Any], torch.Tensor]] = []
+    for key, s in read_shard(url):
+        if isinstance(s, RejectError):
+            entries.append((key, s))
+            continue
+        try:
+            x = lm.preprocess(s["ecg"])
+        except ValueError as e:
+            entries.append((key, RejectError("bad-ecg", f"{url}: sample {key}: {e}")))
+            continue
+        entries.append((key, None))
+        good.append((len(entries) - 1, s, x))
+    reports = [normalise_report(s["text"]) for _, s, _ in good]
+    keys = [report_key(r) for r in reports]
+    got = cands.get(dict(zip(keys, reports)))
+    cand_lists = [got[k] for k in keys]
+    emb = ecg_embeddings(lm, [x for _, _, x in good])
+    scores = score_pairs(lm, emb, cand_lists, texts)
+    flat = [c for cl in cand_lists for c in cl]
+    thr_all = calib.threshold(flat)
+    thr = np.array([t.get(cfg.quantile, np.nan) for t in thr_all], dtype=np.float64)
+    kept = decide(scores.cos, scores.prob, thr, cfg)
+    pos = 0
+    for (slot, s, _), cl in zip(good, cand_lists):
+        rows = []
+        for c in cl:
+            rows.append(
+                {
+                    "text": c,
+                    "feature": knowledge.feature_of(c),
+                    "cos": round(float(scores.cos[pos]), 6),
+                    "prob": round(float(scores.prob[pos]), 6),
+                    "threshold": None if np.isnan(thr[pos]) else round(float(thr[pos]), 6),
+                    "thresholds": {f"{q:g}": round(v, 6) for q, v in thr_all[pos].items()},
+                    "kept": bool(kept[pos]),
+                }
+            )
+            pos += 1
+        keep_texts = [r["text"] for r in rows if r["kept"]]
+        meta = dict(s["meta"])
+        meta["stage2"] = {
+            "report": s["text"],
+            "rule": cfg.describe(),
+            "kept": keep_texts,
+            "candidates": rows,
+            **provenance,
+        }
+        key = s["__key__"]
+        entries[slot] = (key, CanonicalSample(key, s["ecg"], augmented_text(s["text"], keep_texts), meta))
+    return entries
+
+
+def _out_dir_and_name(out: str) -> tuple[Path, str]:
+    name = Path(out).name
+    if (
+        "%" in str(Path(out).parent)
+        or len(SHARD_NUMBER.findall(name)) != 1
+        or "%" in SHARD_NUMBER.sub("", name)
+    ):
+        raise ValueError(f"--out must contain a shard number pattern such as NAME-%06d.tar, got {out!r}")
+    return Path(out).parent, re.sub(r"-?%0?\d*d.*$", "", name) or "shard"
+
+
+def _rule_label(cfg: RuleConfig) -> str:
+    return cfg.describe()
+
+
+def summarise(
+    out_urls: Sequence[str], cfg: RuleConfig, compare: Sequence[RuleConfig] = COMPARED
+) -> dict[str, Any]:
+    """Summary of rewritten shards read back from their ``json`` members: counts, most kept / rejected
+    features, the interval audit and, on synthetic samples, precision / recall of every compared rule over
+    the features the report did not state."""
+    tally = Tally()
+    rules = [cfg] + [r for r in compare if r.describe() != cfg.describe()]
+    reports: set[str] = set()
+    for url in out_urls:
+        for raw in iter_raw(url):
+            meta = json.loads(raw["json"])
+            s2 = meta.get("stage2") or {}
+            cands = s2.get("candidates") or []
+            reports.add(normalise_report(s2.get("report", "")))
+            cos = np.array([c["cos"] for c in cands], dtype=np.float64)
+            prob = np.array([c["prob"] for c in cands], dtype=np.float64)
+            rule_sets = {}
+            for r in rules:
+                thr = np.array([(c.get("thresholds") or {}).get(f"{r.quantile:g}", np.nan) for c in cands])
+                rule_sets[r.describe()] = list(decide(cos, prob, thr.astype(np.float64), r))
+            tally.add(meta, s2.get("report", ""), cands, rule_sets)
+    n = max(tally.samples, 1)
+    return {
+        "samples": tally.samples,
+        "unique_reports": len(reports),
+        "candidates_per_report": round(tally.candidates / n, 3),
+        "kept_per_report": round(tally.kept / n, 3),
+        "reports_without_candidates": tally.without_candidates,
+        "most_kept": tally.kept_counts.most_common(10),
+        "most_rejected": tally.rejected_counts.most_common(10),
+        "audit": tally.audit_table(),
+        "ground_truth": tally.truth_table(),
+        "unscorable_candidates": tally.unscorable,
+    }
+
+
+def run_augment(
+    data: str | Sequence[str],
+    out: str,
+    cache: str,
+    model: str,
+    checkpoint: str | None,
+    cfg: RuleConfig | None = None,
+    backend: str = "kb",
+    llm_model: str | None = None,
+    prompt_version: str = PROMPT_VERSION,
+    calib_size: int = CALIB_SIZE,
+    index: int = 0,
+    n: int = 1,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Rewrite this process's input shards (``index`` of ``n``) into ``out % k``; returns the summary."""
+    from ..model.scoring import load_model
+
+    t0 = time.time()
+    cfg = cfg or RuleConfig()
+    urls = expand_urls(data)
+    if not urls:
+        raise ValueError(f"--data {data!r} names no shards")
+    for u in urls:
+        if not os.path.isfile(u.removeprefix("file:")):
+            raise FileNotFoundError(f"input shard {u} not found")
+    out_dir, name = _out_dir_and_name(out)
+    outs = [str(out_dir / Path(out % k).name) for k in range(len(urls))]
+    if {os.path.abspath(u) for u in urls} & {os.path.abspath(o) for o in outs}:
+        raise ValueError("--out would overwrite an input shard; inputs are never modified")
+    llm_model = llm_model or (knowledge.VERSION if backend == "kb" else None)
+    if llm_model is None:
+        raise ValueError(
+            f"--llm-model is needed for backend {backend!r} (the model the cache was filled with)"
+        )
+    state_dir = out_dir / STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "inputs": urls,
+        "model": model,
+        "checkpoint": None if checkpoint is None else os.path.abspath(checkpoint),
+        "checkpoint_bytes": None if checkpoint is None else os.path.getsize(checkpoint),
+        "rule": cfg.describe(),
+        "quantile": cfg.quantile,
+        "calib_size": calib_size,
+        "backend": backend,
+        "llm_model": llm_model,
+        "prompt_version": prompt_version,
+    }
+    mpath = state_dir / f"{name}.augment-manifest.json"
+    with exclusive_lock(state_dir / f"{name}.augment-manifest.lock", str(mpath), log):
+        if mpath.exists():
+            old = json.loads(mpath.read_text())
+            if old != manifest:
+                diff = sorted(k for k in manifest if old.get(k) != manifest[k])
+                raise RuntimeError(
+                    f"{out_dir} holds stage-2 shards '{name}' made with other settings ({', '.join(diff)}); "
+                    "choose another --out or delete them"
+                )
+        else:
+            atomic_write_json(mpath, manifest)
+    mine = [k for k in range(len(urls)) if k % n == index]
+    pending = [
+        k
+        for k in mine
+        if not (Path(outs[k]).exists() and (state_dir / f"{Path(outs[k]).name}.json").exists())
+    ]
+    if log and len(pending) < len(mine):
+        log(f"resuming: {len(mine) - len(pending)} of {len(mine)} shards already complete")
+    cands = CandidateSource(cache, backend, llm_model, prompt_version, index, n)
+    stats = {"written": 0, "rejected": 0}
+    if pending:
+        lm = load_model(model, checkpoint)
+        if checkpoint is None:
+            warnings.warn(f"no --checkpoint: validating with an untrained {model}", stacklevel=2)
+        texts = TextTable(lm)
+        calib = Calibration.load_or_build(
+            state_dir / f"{name}.calibration", urls, calib_size, cfg.quantile, lm, texts, cands
+        )
+        provenance = {"model": model, "checkpoint": checkpoint, "backend": backend, "llm_model": llm_model}
+        bar = tqdm(total=len(pending), unit="shard", desc="augment", disable=not progress)
+        for k in pending:
+            entries = _process_shard(urls[k], lm, texts, cands, calib, cfg, provenance)
+            src = PreparedShard(entries)
+            state = write_one_shard(src, src.items(), outs[k], str(state_dir / f"{Path(outs[k]).name}.json"))
+            stats["written"] += state["count"]
+            stats["rejected"] += len(state["rejects"])
+            bar.update(1)
+        bar.close()
+    # sizes.json and the rejects list over every complete output shard (all processes' so far)
+    sizes, rejects = {}, []
+    with exclusive_lock(state_dir / "sizes.json.lock", str(out_dir / "sizes.json"), log):
+        done = [k for k in range(len(urls)) if (state_dir / f"{Path(outs[k]).name}.json").exists()]
+        for k in done:
+            st = json.loads((state_dir / f"{Path(outs[k]).name}.json").read_text())
+            sizes[Path(outs[k]).name] = st["count"]
+            rejects += st["rejects"]
+        sizes_path = out_dir / "sizes.json"
+        all_sizes = json.loads(sizes_path.read_text()) if sizes_path.exists() else {}
+        all_sizes.update(sizes)
+        atomic_write_json(sizes_path, all_sizes)
+        rejects_path = out_dir / f"{name}.rejects.jsonl"
+        atomic_write_bytes(rejects_path, "".join(json.dumps(r) + "\n" for r in rejects).encode())
+    summary = summarise([outs[k] for k in mine if Path(outs[k]).exists()], cfg)
+    summary.update(
+        {
+            "rule": cfg.describe(),
+            "process": f"{index} of {n}",
+            "input_shards": len(urls),
+            "shards_this_process": len(mine),
+            "shards_written_now": len(pending),
+            "rejected": len(rejects),
+            "rejects_file": str(rejects_path),
+            "llm_calls_made": len(cands.made),
+            "llm_reports_cached": len(cands.cached),
+            "reports_with_empty_candidates": len(cands.empty_reports),
+            "urls": str(out_dir / out_pattern_to_brace(Path(out).name, len(urls))),
+            "seconds": round(time.time() - t0, 2),
+        }
+    )
+    return summary
+
+
+def format_augment_summary(s: dict[str, Any]) -> str:
+    """Human-readable summary."""
+    head = f"stage 2 ({s['rule']}): {s['samples']} samples, {s['unique_reports']} unique reports, "
+    head += f"{s['rejected']} rejected (see {s['rejects_file']}), {s['seconds']} s"
+    calls = f"  candidate calls: {s['llm_calls_made']} made now, {s['llm_reports_cached']} reports from the "
+    calls += f"cache; {s['reports_with_empty_candidates']} reports with no candidates"
+    lines = [
+        head,
+        calls,
+        f"  candidates per report {s['candidates_per_report']}, kept per report {s['kept_per_report']}",
+        "  most kept:     " + ", ".join(f"{t} ({n})" for t, n in s["most_kept"][:6]),
+        "  most rejected: " + ", ".join(f"{t} ({n})" for t, n in s["most_rejected"][:6]),
+    ]
+    if s["audit"]:
+        lines.append("  audit against measured intervals (share agreeing):")
+        for r in s["audit"]:
+            lines.append(
+                f"    {r['feature']:22s} kept {r['kept']:5d} agree {r['kept_agree']}   "
+                f"rejected {r['rejected']:5d} agree {r['rejected_agree']}"
+            )
+    if s["ground_truth"]:
+        lines.append("  ground truth, features the report did not state (precision / recall of present):")
+        for r in s["ground_truth"]:
+            lines.append(
+                f"    {r['rule']:22s} pairs {r['pairs']:6d} kept {r['kept']:6d} "
+                f"precision {r['precision']} recall {r['recall']}"
+            )
+    lines.append(f"  shards: {s['urls']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``fgclep augment``."""
+    from .generate import process_index
+
+    index, n = process_index(args.num_shards, args.shard_index)
+    cfg = RuleConfig(args.rule, args.paper_threshold, args.cosine_threshold, args.quantile)
+    try:
+        s = run_augment(
+            args.data,
+            args.out,
+            args.cache,
+            args.model,
+            args.checkpoint,
+            cfg,
+            backend=args.backend,
+            llm_model=args.llm_model,
+            prompt_version=args.prompt_version,
+            calib_size=args.calib_size,
+            index=index,
+            n=n,
+            progress=not args.quiet,
+            log=(lambda m: print(m, file=sys.stderr)),
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"fgclep augment: error: {e}", file=sys.stderr)
+        return 2
+    print(format_augment_summary(s))
+    if args.summary_json:
+        atomic_write_json(args.summary_json, s)
+    return 0
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    """Register ``fgclep augment``."""
+    from ..cli import HelpFormatter
+
+    p = sub.add_parser(
+        "augment",
+        help="stage 2: keep the candidate features the stage-1 model finds in each ECG; write new shards",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+        epilog="example:\n  fgclep augment --data 'data/synth/train/synth-train-{000000..000007}.tar' "
+        "--cache cands --checkpoint runs/demo/checkpoints/epoch_8.pt --out aug/train-%06d.tar\n"
+        "  (the paper's rule: --rule paper)",
+    )
+    p.add_argument("--data", required=True, help="input shards (brace ranges, '::' joins)")
+    p.add_argument("--out", required=True, help="output shard pattern, e.g. aug/train-%%06d.tar")
+    p.add_argument("--cache", required=True, help="candidate cache folder (fgclep features generate)")
+    p.add_argument("--checkpoint", default=None, help="stage-1 open_clip checkpoint")
+    p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM", help="open_clip model config")
+    p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE, help="decision rule")
+    p.add_argument("--paper-threshold", type=float, default=PAPER_THRESHOLD, help="paper rule: probability")
+    p.add_argument("--cosine-threshold", type=float, default=COSINE_THRESHOLD, help="cosine rule: threshold")
+    p.add_argument("--quantile", type=float, default=QUANTILE, help="quantile rule: q")
+    p.add_argument("--calib-size", type=int, default=CALIB_SIZE, help="reference ECGs of the quantile rule")
+    p.add_argument("--backend", default="kb", help="candidate backend the cache was filled with")
+    p.add_argument("--llm-model", default=None, help="the backend's model (default for kb: its version)")
+    p.add_argument("--prompt-version", default=PROMPT_VERSION, help="prompt identity in the cache")
+    p.add_argument("--num-shards", type=int, default=None, help="processes (default: WORLD_SIZE or 1)")
+    p.add_argument("--shard-index", type=int, default=None, help="this process (default: RANK or 0)")
+    p.add_argument("--summary-json", default=None, help="also write the summary here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

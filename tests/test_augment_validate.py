@@ -1,0 +1,289 @@
+"""Stage-2 validation and rewrite (``fgclep augment``) on a small synthetic shard set with FGCLEP-Tiny."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fgclep_plugin.augment import knowledge as kb
+from fgclep_plugin.augment.cache import CandidateCache
+from fgclep_plugin.augment.rewrite import augmented_text, run_augment
+from fgclep_plugin.augment.text import PROMPT_VERSION, normalise_report, report_key
+from fgclep_plugin.augment.validate import (
+    RuleConfig,
+    TextTable,
+    calibrate,
+    decide,
+    ecg_embeddings,
+    interval_truth,
+    measured_intervals,
+    naive_decisions,
+    score_pairs,
+)
+from fgclep_plugin.ecgdata.reader import iter_raw, iter_samples
+
+MODEL = "FGCLEP-Tiny"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    from fgclep_plugin.synth.corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("aug")
+    generate_corpus(root / "syn", {"test": 14}, seed=23, maxcount=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from fgclep_plugin.model.scoring import load_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(MODEL)
+
+
+@pytest.fixture(scope="module")
+def ckpt(lm, tmp_path_factory) -> str:
+    """A fixed FGCLEP-Tiny state dict, so every run in a test validates with the same weights."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(lm.model.state_dict(), path)
+    return str(path)
+
+
+def _urls(corpus: Path) -> str:
+    return str(corpus / "syn" / "test" / "synth-test-{000000..000002}.tar")
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_batched_scores_equal_naive_algorithm_1(corpus, lm):
+    samples = list(iter_samples(_urls(corpus)))[:8]
+    cands = [kb.propose(s["text"]) for s in samples]
+    assert sum(map(len, cands)) >= 12
+    texts = TextTable(lm)
+    emb = ecg_embeddings(lm, [lm.preprocess(s["ecg"]) for s in samples])
+    sc = score_pairs(lm, emb, cands, texts)
+    assert len(texts.index) == len({c for cl in cands for c in cl})  # each distinct text encoded once
+    thr = float(np.median(sc.prob))  # a threshold that keeps some pairs and rejects others
+    naive = naive_decisions(lm, [s["ecg"] for s in samples], cands, thr)
+    flat = [p for row in naive for p in row]
+    np.testing.assert_allclose(sc.prob, [p for p, _ in flat], rtol=0, atol=1e-5)
+    batched = decide(sc.cos, sc.prob, None, RuleConfig("paper", paper_threshold=thr))
+    clear = np.abs(sc.prob - thr) > 1e-5
+    assert clear.sum() >= len(flat) - 2
+    assert list(batched[clear]) == [k for (_, k), c in zip(flat, clear) if c]
+    assert 0 < batched.sum() < len(flat)
+
+
+def test_calibrated_threshold_matches_independent_quantile(lm):
+    texts = TextTable(lm)
+    g = torch.Generator().manual_seed(1)
+    row = texts.rows(["wide qrs complex"])[0]
+    dim = texts.emb[row].shape[0]
+    emb = torch.nn.functional.normalize(torch.randn(40, dim, generator=g), dim=-1)
+    proposed = [["wide qrs complex"] if i % 4 == 0 else ["prolonged pr interval"] for i in range(40)]
+    got = calibrate(emb, proposed, texts, ["wide qrs complex", "delta wave"], [0.9])
+    t = texts.emb[texts.rows(["wide qrs complex"])[0]]
+    cos = (emb @ t).numpy()
+    ref = cos[[i % 4 != 0 for i in range(40)]]  # ECGs whose reports do not propose it
+    assert got["wide qrs complex"][0.9] == pytest.approx(float(np.quantile(ref, 0.9)), abs=1e-6)
+    t2 = texts.emb[texts.rows(["delta wave"])[0]]
+    assert got["delta wave"][0.9] == pytest.approx(float(np.quantile((emb @ t2).numpy(), 0.9)), abs=1e-6)
+    keep = decide(np.array([0.5, 0.1]), np.zeros(2), np.array([0.2, np.nan]), RuleConfig("quantile"))
+    assert list(keep) == [True, False]  # no reference: never kept
+
+
+def test_augment_rewrites_shards_and_resumes(corpus, ckpt, tmp_path):
+    inputs = corpus / "syn" / "test"
+    before = _digest(inputs)
+    cache = tmp_path / "cands"
+    first = next(iter_samples(_urls(corpus)))
+    with CandidateCache(cache, "kb", kb.VERSION, PROMPT_VERSION) as c:  # an empty answer in the cache
+        c.add(report_key(first["text"]), normalise_report(first["text"]), [], "empty", "[]")
+    out = str(tmp_path / "aug" / "a-%06d.tar")
+    with pytest.warns(UserWarning, match=rf"report {report_key(first['text'])[:12]} .*no candidates"):
+        s = run_augment(_urls(corpus), out, str(cache), MODEL, ckpt, progress=False, log=None)
+    assert _digest(inputs) == before  # inputs never modified
+    src = list(iter_samples(_urls(corpus)))
+    got = list(iter_samples(str(tmp_path / "aug" / "a-{000000..000002}.tar")))
+    assert [g["__key__"] for g in got] == [x["__key__"] for x in src]  # samples in == samples out, in order
+    assert s["samples"] == 14 and s["rejected"] == 0
+    n_unique = len({normalise_report(x["text"]) for x in src})
+    assert s["unique_reports"] == n_unique
+    assert s["llm_calls_made"] == n_unique - 1 and s["reports_with_empty_candidates"] >= 1
+    for x, g in zip(src, got):
+        assert np.array_equal(x["ecg"], g["ecg"])
+        s2 = g["meta"]["stage2"]
+        assert s2["report"] == x["text"]
+        cands = [c["text"] for c in s2["candidates"]]
+        if normalise_report(x["text"]) == normalise_report(first["text"]):
+            assert cands == []
+        else:
+            assert cands == kb.propose(normalise_report(x["text"]))
+        kept = [c["text"] for c in s2["candidates"] if c["kept"]]
+        assert kept == s2["kept"] and g["text"] == augmented_text(x["text"], kept)
+        for c in s2["candidates"]:
+            assert c["kept"] == (c["threshold"] is not None and c["cos"] > c["threshold"])
+    rows = {r["rule"]: r for r in s["ground_truth"]}
+    assert rows["all candidates"]["kept"] == rows["all candidates"]["pairs"] > 0
+    assert rows["paper p>0.95"]["kept"] == 0  # an untrained model is never that sure
+    # a re-run: nothing rewritten, zero candidate calls
+    t = tmp_path / "aug" / "a-000001.tar"
+    mtime = t.stat().st_mtime_ns
+    again = run_augment(_urls(corpus), out, str(cache), MODEL, ckpt, progress=False, log=None)
+    assert again["llm_calls_made"] == 0 and again["shards_written_now"] == 0 and t.stat().st_mtime_ns == mtime
+    assert again["samples"] == 14
+    # a lost output shard is rewritten with the same samples and decisions (scores equal to float rounding:
+    # the text batches differ between the runs)
+    old = list(iter_samples(str(t)))
+    t.unlink()
+    third = run_augment(_urls(corpus), out, str(cache), MODEL, ckpt, progress=False, log=None)
+    assert third["shards_written_now"] == 1 and third["llm_calls_made"] == 0
+    new = list(iter_samples(str(t)))
+    assert [x["__key__"] for x in new] == [x["__key__"] for x in old]
+    for a, b in zip(old, new):
+        assert a["text"] == b["text"]
+        ca, cb = a["meta"]["stage2"]["candidates"], b["meta"]["stage2"]["candidates"]
+        assert [c["kept"] for c in ca] == [c["kept"] for c in cb]
+        np.testing.assert_allclose([c["cos"] for c in ca], [c["cos"] for c in cb], atol=1e-5)
+    # other settings into the same folder are refused
+    with pytest.raises(RuntimeError, match="other settings"):
+        run_augment(
+            _urls(corpus), out, str(cache), MODEL, ckpt, RuleConfig("paper"), progress=False, log=None
+        )
+
+
+def test_corrupt_sample_is_rejected_and_the_rest_kept(corpus, ckpt, tmp_path):
+    src = corpus / "syn" / "test" / "synth-test-000000.tar"
+    bad = tmp_path / "in" / "bad-000000.tar"
+    bad.parent.mkdir()
+    with tarfile.open(src) as tin, tarfile.open(bad, "w", format=tarfile.USTAR_FORMAT) as tout:
+        members = tin.getmembers()
+        victim = members[3].name.split(".")[0]
+        for m in members:
+            data = tin.extractfile(m).read()
+            if m.name == f"{victim}.npy":
+                data = b"not an array"
+            info = tarfile.TarInfo(m.name)
+            info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+    s = run_augment(
+        str(bad),
+        str(tmp_path / "out" / "b-%06d.tar"),
+        str(tmp_path / "c"),
+        MODEL,
+        ckpt,
+        progress=False,
+        log=None,
+    )
+    assert s["samples"] == 4 and s["rejected"] == 1
+    rejects = [json.loads(x) for x in Path(s["rejects_file"]).read_text().splitlines()]
+    assert rejects[0]["reason"] == "corrupt-sample" and victim in rejects[0]["message"]
+    keys = [r["__key__"] for r in iter_raw(str(tmp_path / "out" / "b-000000.tar"))]
+    assert victim not in keys and len(keys) == 4
+
+
+def test_processes_split_the_shards(corpus, ckpt, tmp_path):
+    out = str(tmp_path / "p" / "p-%06d.tar")
+    a = run_augment(
+        _urls(corpus), out, str(tmp_path / "c"), MODEL, ckpt, index=0, n=2, progress=False, log=None
+    )
+    b = run_augment(
+        _urls(corpus), out, str(tmp_path / "c"), MODEL, ckpt, index=1, n=2, progress=False, log=None
+    )
+    assert a["shards_this_process"] == 2 and b["shards_this_process"] == 1
+    assert a["samples"] + b["samples"] == 14
+    n_unique = len({normalise_report(x["text"]) for x in iter_samples(_urls(corpus))})
+    assert a["llm_calls_made"] + b["llm_calls_made"] == n_unique  # each report proposed once, by one process
+    assert (tmp_path / "c" / "part-00000-of-00002.jsonl").exists()
+    sizes = json.loads((tmp_path / "p" / "sizes.json").read_text())
+    assert sum(sizes.values()) == 14 and len(sizes) == 3
+
+
+def test_missing_llm_answers_name_the_command(corpus, ckpt, tmp_path):
+    with pytest.raises(RuntimeError, match="fgclep features generate"):
+        run_augment(
+            _urls(corpus),
+            str(tmp_path / "o" / "o-%06d.tar"),
+            str(tmp_path / "empty-cache"),
+            MODEL,
+            None,
+            backend="vllm",
+            llm_model="tiny-llama",
+            progress=False,
+            log=None,
+        )
+
+
+def test_measured_intervals_synthetic_and_mimic():
+    syn = {"synth": {"measurements": {"hr_bpm": 55.0, "pr_ms": 230, "qrs_ms": 100, "qtc_fridericia_ms": 470}}}
+    iv = measured_intervals(syn)
+    assert interval_truth("slow_rate", iv) and interval_truth("long_pr", iv) and interval_truth("long_qt", iv)
+    assert interval_truth("wide_qrs", iv) is False and interval_truth("negative_qrs_inferior", iv) is None
+    mimic = {
+        "measurements": {
+            "rr_interval": 1000,
+            "p_onset": 40,
+            "qrs_onset": 250,
+            "qrs_end": 380,
+            "t_end": 700,
+            "qrs_axis": -45,
+            "p_axis": 29999,
+        }
+    }
+    iv = measured_intervals(mimic)
+    assert iv["hr"] == 60 and iv["pr"] == 210 and iv["qrs"] == 130 and iv["qtc"] == pytest.approx(450)
+    assert interval_truth("negative_qrs_inferior", iv) and interval_truth("wide_qrs", iv)
+    assert "pr" not in measured_intervals({"measurements": {"p_onset": 29999, "qrs_onset": 250}})
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_without_duplicates_or_losses(corpus, ckpt, tmp_path):
+    out_dir = tmp_path / "k"
+    cmd = [
+        sys.executable,
+        "-m",
+        "fgclep_plugin.cli",
+        "augment",
+        "--data",
+        _urls(corpus),
+        "--out",
+        str(out_dir / "k-%06d.tar"),
+        "--cache",
+        str(tmp_path / "c"),
+        "--model",
+        MODEL,
+        "--checkpoint",
+        ckpt,
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out_dir / "k-000000.tar").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = out_dir / ".fgclep-state" / "k-000002.tar.json"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    keys = [x["__key__"] for x in iter_raw(str(out_dir / "k-{000000..000002}.tar"))]
+    src = [x["__key__"] for x in iter_raw(_urls(corpus))]
+    assert keys == src and done.exists()
+    assert not list(out_dir.glob(".*.tmp-*"))
