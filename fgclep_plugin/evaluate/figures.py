@@ -314,7 +314,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="labelled shards")
     p.add_argument("--model", required=True, help="model config name")
-    p.add_argument("--checkpoint", default=None, help="open_clip checkpoint (default: untrained weights)")
+    p.add_argument(
+        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
+    )
     p.add_argument("--label-key", required=True, help="colour the t-SNE by json labels[KEY]")
     p.add_argument(
         "--normal-class",

@@ -424,7 +424,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="shards, e.g. 'shards/ludb/ludb-test-000000.tar'")
     p.add_argument("--model", required=True, help="model config name, e.g. FGCLEP-ResNet1d18-MiniLM")
-    p.add_argument("--checkpoint", default=None, help="open_clip checkpoint (default: untrained weights)")
+    p.add_argument(
+        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
+    )
     p.add_argument(
         "--query", action="append", default=[], metavar="TEXT", help="text -> top-k ECGs (repeatable)"
     )
