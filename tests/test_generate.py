@@ -352,3 +352,16 @@ def test_cli_with_kb_backend(tmp_path, capsys):
     assert json.loads(out.out)["calls_made"] == 0 and "0 LLM calls made, 7 cached" in out.err
     assert main([*argv[:-2], "--backend", "openai"]) == 2
     assert "--backend openai needs --base-url" in capsys.readouterr().err
+
+
+def test_generation_imports_neither_open_clip_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fgclep_plugin.augment.generate, fgclep_plugin.augment.backends, fgclep_plugin.ecgdata.reader;"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'open_clip', 'torch', 'torchvision', 'vllm'});"
+        "assert not bad, bad"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
