@@ -143,6 +143,8 @@ def test_shards_read_reports_only_and_survive_a_corrupt_tail(tmp_path):
     with pytest.warns(UserWarning, match="a-000001.tar: read stopped early"):
         n2, reports2 = read_reports(f"{tmp_path}/a-{{000000..000001}}.tar")
     assert n2 == n + 1 and normalise_report("Sinus arrhythmia.") in reports2.values()
+    with pytest.raises(FileNotFoundError, match="a-000009.tar"):
+        read_reports(str(tmp_path / "a-000009.tar"))
 
 
 def test_rerun_makes_zero_calls_and_other_shard_sets_reuse_the_cache(tmp_path):

@@ -39,7 +39,8 @@ def read_reports(urls: str | Sequence[str]) -> tuple[int, dict[str, str]]:
     """(number of samples, report key -> normalised report) over the shards' ``txt`` members.
 
     ECG arrays are not decoded. A sample without a report is skipped with a warning naming it; a shard that
-    cannot be read to its end keeps the reports read before the fault and is named in a warning.
+    cannot be read to its end keeps the reports read before the fault and is named in a warning; a missing
+    shard is an error.
     """
     from ..ecgdata.reader import expand_urls, iter_raw
 
@@ -57,6 +58,8 @@ def read_reports(urls: str | Sequence[str]) -> tuple[int, dict[str, str]]:
                 text = normalise_report(txt.decode("utf-8", "replace") if isinstance(txt, bytes) else txt)
                 if text:
                     reports.setdefault(report_key(text), text)
+        except FileNotFoundError:
+            raise
         except (OSError, ValueError) as e:
             warnings.warn(
                 f"{url}: read stopped early ({e}); the reports read before it are used", stacklevel=2
