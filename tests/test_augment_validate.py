@@ -238,7 +238,7 @@ def test_measured_intervals_synthetic_and_mimic():
     assert interval_truth("slow_rate", iv) and interval_truth("long_pr", iv) and interval_truth("long_qt", iv)
     assert interval_truth("wide_qrs", iv) is False and interval_truth("negative_qrs_inferior", iv) is None
     mimic = {
-        "measurements": {
+        "machine_measurements": {
             "rr_interval": 1000,
             "p_onset": 40,
             "qrs_onset": 250,
@@ -251,7 +251,12 @@ def test_measured_intervals_synthetic_and_mimic():
     iv = measured_intervals(mimic)
     assert iv["hr"] == 60 and iv["pr"] == 210 and iv["qrs"] == 130 and iv["qtc"] == pytest.approx(450)
     assert interval_truth("negative_qrs_inferior", iv) and interval_truth("wide_qrs", iv)
-    assert "pr" not in measured_intervals({"measurements": {"p_onset": 29999, "qrs_onset": 250}})
+    assert "pr" not in measured_intervals({"machine_measurements": {"p_onset": "29999", "qrs_onset": "250"}})
+    # the genuine MIMIC-IV-ECG row (strings, as the converter keeps machine_measurements)
+    row = {"rr_interval": "659", "p_onset": "40", "qrs_onset": "170", "qrs_end": "258", "t_end": "518"}
+    iv = measured_intervals({"machine_measurements": {**row, "qrs_axis": "77"}})
+    assert iv["pr"] == 130 and iv["qrs"] == 88 and iv["hr"] == pytest.approx(91.05, abs=0.01)
+    assert iv["qtc"] == pytest.approx(348 / 0.659 ** (1 / 3)) and not interval_truth("fast_rate", iv)
 
 
 @pytest.mark.slow

@@ -182,8 +182,17 @@ class Calibration:
     every process) calibrates on the same reference; thresholds per candidate text computed on demand, for the
     run's quantile and the compared ones."""
 
-    def __init__(self, emb: torch.Tensor, proposed: list[list[str]], q: float, texts: TextTable):
+    def __init__(
+        self,
+        emb: torch.Tensor,
+        proposed: list[list[str]],
+        q: float,
+        texts: TextTable,
+        samples: Sequence[str] = (),
+    ):
         self.emb, self.proposed, self.texts = emb, proposed, texts
+        # "shard name/key" -> row: a reference ECG is not encoded a second time when its shard is rewritten
+        self.rows = {k: i for i, k in enumerate(samples)}
         self.qs = sorted({float(q), *QUANTILES})
         self.thresholds: dict[str, dict[float, float]] = {}
 
@@ -211,12 +220,13 @@ class Calibration:
         npy, meta = state.with_suffix(".npy"), state.with_suffix(".json")
         if npy.exists() and meta.exists():
             emb = torch.from_numpy(np.load(npy, allow_pickle=False))
-            return cls(emb, json.loads(meta.read_text())["proposed"], q, texts)
+            saved = json.loads(meta.read_text())
+            return cls(emb, saved["proposed"], q, texts, saved.get("samples", ()))
         per_shard = max(1, -(-calib_size // max(1, len(urls))))
-        ecgs, reports = [], []
+        ecgs, reports, names = [], [], []
         for url in urls:
             taken = 0
-            for _, s in read_shard(url):
+            for key, s in read_shard(url):
                 if taken >= per_shard:
                     break
                 if isinstance(s, RejectError):
@@ -226,6 +236,7 @@ class Calibration:
                 except ValueError:
                     continue
                 ecgs.append(x)
+                names.append(f"{Path(url).name}/{key}")
                 reports.append(normalise_report(s["text"]))
                 taken += 1
         keys = [report_key(r) for r in reports]
@@ -233,8 +244,10 @@ class Calibration:
         proposed = [got[k] for k in keys]
         emb = ecg_embeddings(lm, ecgs)
         atomic_write_bytes(npy, _npy_bytes(emb.numpy()))
-        atomic_write_json(meta, {"n": len(keys), "per_shard": per_shard, "proposed": proposed})
-        return cls(emb, proposed, q, texts)
+        atomic_write_json(
+            meta, {"n": len(keys), "per_shard": per_shard, "samples": names, "proposed": proposed}
+        )
+        return cls(emb, proposed, q, texts, names)
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -272,7 +285,16 @@ def _process_shard(
     keys = [report_key(r) for r in reports]
     got = cands.get(dict(zip(keys, reports)))
     cand_lists = [got[k] for k in keys]
-    emb = ecg_embeddings(lm, [x for _, _, x in good])
+    # reference ECGs of the calibration are already embedded: encode only the others
+    ref = [calib.rows.get(f"{Path(url).name}/{s['__key__']}") for _, s, _ in good]
+    fresh = ecg_embeddings(lm, [x for (_, _, x), r in zip(good, ref) if r is None])
+    emb = torch.zeros(len(good), calib.emb.shape[1] if calib.emb.numel() else fresh.shape[-1])
+    todo = [i for i, r in enumerate(ref) if r is None]
+    if todo:
+        emb[todo] = fresh
+    done = [(i, r) for i, r in enumerate(ref) if r is not None]
+    if done:
+        emb[[i for i, _ in done]] = calib.emb[[r for _, r in done]]
     scores = score_pairs(lm, emb, cand_lists, texts)
     flat = [c for cl in cand_lists for c in cl]
     thr_all = calib.threshold(flat)

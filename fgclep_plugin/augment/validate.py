@@ -194,9 +194,9 @@ def _num(v: Any) -> float | None:
 
 def measured_intervals(meta: dict[str, Any]) -> dict[str, float]:
     """Heart rate (bpm), PR, QRS, QTc (Fridericia, ms) and QRS axis (degrees) a sample carries: synthetic
-    ground truth (``synth.measurements``) or machine measurements (``measurements``: MIMIC-IV-ECG's
-    ``rr_interval``, ``p_onset``, ``qrs_onset``, ``qrs_end``, ``t_end``, ``qrs_axis``). Missing or implausible
-    values (MIMIC writes 29999 for "not measured") are left out."""
+    ground truth (``synth.measurements``) or machine measurements (``machine_measurements``, as the MIMIC-IV-ECG
+    converter keeps them: ``rr_interval``, ``p_onset``, ``qrs_onset``, ``qrs_end``, ``t_end``, ``qrs_axis``).
+    Missing or implausible values (MIMIC writes 29999 for "not measured") are left out."""
     out: dict[str, float] = {}
     syn = (meta.get("synth") or {}).get("measurements")
     if isinstance(syn, dict):
@@ -211,7 +211,7 @@ def measured_intervals(meta: dict[str, Any]) -> dict[str, float]:
             if v is not None:
                 out[name] = v
         return out
-    m = meta.get("measurements")
+    m = meta.get("machine_measurements")
     if not isinstance(m, dict):
         return out
 
