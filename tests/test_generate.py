@@ -256,6 +256,8 @@ def test_kb_backend_wraps_a_propose_function(tmp_path):
         ["absent p waves", "irregular rr intervals"],
         [],
     ]
+    many = KnowledgeBackend(propose_fn=lambda r: [f"feature {i}" for i in range(25)])
+    assert len(many.propose(["x."])[0]) == 25  # not cut to the LLM answer cap
 
 
 class _Handler(BaseHTTPRequestHandler):

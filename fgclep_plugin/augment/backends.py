@@ -73,6 +73,7 @@ class KnowledgeBackend(Backend):
 
             propose_fn, version = knowledge.propose, str(getattr(knowledge, "VERSION", "builtin"))
         super().__init__(model or version, **kw)
+        self.max_features = 10**6  # the table's proposals are kept whole (the answer cap is for LLMs)
         self._propose = propose_fn
 
     def _attempt(self, reports: Sequence[str]) -> list[str | None]:
