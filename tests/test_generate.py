@@ -369,3 +369,46 @@ def test_generation_imports_neither_open_clip_nor_torch():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
+
+
+SLOW_RUN = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from test_generate import CountingBackend
+from fgclep_plugin.augment.generate import generate, read_reports
+
+class Slow(CountingBackend):
+    def _attempt(self, reports):
+        time.sleep(0.3)
+        return super()._attempt(reports)
+
+_, reports = read_reports({shard!r})
+generate(reports, Slow(), {cache!r}, batch_size=1, progress=False)
+"""
+
+
+def test_sigkilled_run_resumes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shard = write_report_shard(tmp_path / "a-000000.tar", REPORTS)
+    cache = tmp_path / "cache"
+    code = SLOW_RUN.format(tests=str(Path(__file__).parent), shard=str(shard), cache=str(cache))
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    part = cache / part_name(0, 1)
+    deadline = time.time() + 120
+    while not (part.is_file() and len(part.read_bytes().splitlines()) >= 2):
+        assert proc.poll() is None and time.time() < deadline, "the slow run ended before it was killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(load_candidates(cache, "counting", "test-model", PROMPT_VERSION))
+    assert 2 <= done < 7
+    _, reports = read_reports(str(shard))
+    resumed = CountingBackend()
+    generate(reports, resumed, cache, progress=False)
+    assert len(resumed.calls) == 7 - done
+    keys = [json.loads(line)["key"] for line in part.read_text().splitlines()]
+    assert sorted(keys) == sorted(reports)
