@@ -32,22 +32,19 @@ def part_name(index: int, n: int) -> str:
 
 
 def _iter_part(path: Path) -> Iterator[dict[str, Any]]:
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        lines.pop()  # no final newline: the last line was cut by a killed writer
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            warnings.warn(f"{path}:{number}: unreadable cache line skipped", stacklevel=3)
-            continue
-        if isinstance(entry, dict) and "key" in entry:
-            yield entry
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.endswith(b"\n"):
+                return  # no final newline: the last line was cut by a killed writer
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{number}: unreadable cache line skipped", stacklevel=3)
+                continue
+            if isinstance(entry, dict) and "key" in entry:
+                yield entry
 
 
 def iter_entries(cache_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:
@@ -106,7 +103,10 @@ class CandidateCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.backend, self.model, self.prompt_version = backend, model, prompt_version
         self.path = self.root / part_name(index, n)
-        self.entries = load_entries(self.root, backend, model, prompt_version)
+        self.features = {  # answers only (not the raw texts): small enough for millions of reports
+            k: list(e.get("features") or [])
+            for k, e in load_entries(self.root, backend, model, prompt_version).items()
+        }
         self._file = open(self.path, "ab+")  # noqa: SIM115 (kept open for appends, closed by close())
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -135,12 +135,12 @@ class CandidateCache:
         )
 
     def __contains__(self, key: str) -> bool:
-        return key in self.entries
+        return key in self.features
 
     def get(self, key: str) -> list[str] | None:
         """Cached features of report ``key``, or None if it has no answer yet."""
-        e = self.entries.get(key)
-        return None if e is None else list(e.get("features") or [])
+        f = self.features.get(key)
+        return None if f is None else list(f)
 
     def add(self, key: str, report: str, features: list[str], status: str, raw: str = "") -> None:
         """Append one report's answer (flushed to the OS at once, so a killed run keeps it)."""
@@ -159,7 +159,7 @@ class CandidateCache:
         self._file.write((json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8"))
         self._file.flush()
         if status != "error":
-            self.entries[key] = entry
+            self.features[key] = list(features)
 
     def close(self) -> None:
         """Sync the part file to disk and release its lock."""
