@@ -1,0 +1,257 @@
+"""``fgclep eval``: build benchmark task shards, list tasks, run zero-shot and linear-probe evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS
+
+EXAMPLES = """examples:
+  fgclep eval build ptbxl --root /data/ptb-xl --benchmarks MERL/finetune/data_split_and_prompts --out shards/merl
+  fgclep eval zeroshot --model FGCLEP-ResNet1d18-MiniLM --checkpoint CLEP=runs/clep/checkpoints/epoch_8.pt \\
+      --checkpoint FG-CLEP=runs/fgclep/checkpoints/epoch_3.pt --task synth-diagnosis --task ludb-rhythm
+  fgclep eval linear --model FGCLEP-ResNet1d18-MiniLM --checkpoint runs/clep/checkpoints/epoch_8.pt \\
+      --task synth-diagnosis --merl-selection
+"""
+
+
+def parse_checkpoint(text: str) -> tuple[str, str | None]:
+    """``LABEL=PATH`` or ``PATH`` (label: the run folder and file stem) or ``none`` (random weights)."""
+    if "=" in text and not Path(text).exists():
+        label, path = text.split("=", 1)
+        return label, None if path == "none" else path
+    if text == "none":
+        return "untrained", None
+    p = Path(text)
+    run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
+    return (f"{run}/{p.stem}" if run else p.stem), text
+
+
+def task_data(args: argparse.Namespace, name: str) -> str:
+    """The shard folder of task ``name`` from ``--merl-data`` / ``--ludb-data`` / ``--synth-data``."""
+    if name in MERL_TASKS:
+        return args.merl_data
+    return args.ludb_data if name in LUDB_TASKS else args.synth_data
+
+
+def run_build(args: argparse.Namespace) -> int:
+    """``fgclep eval build``: MERL task shards from a raw dataset folder."""
+    from .tasks import build_benchmark
+
+    summaries = build_benchmark(
+        args.dataset,
+        args.root,
+        args.benchmarks,
+        args.out,
+        source_options=dict(args.option),
+        maxcount=args.maxcount,
+        workers=args.workers,
+        min_seconds=args.min_seconds,
+        progress=not args.quiet,
+    )
+    print(
+        f"tasks written to {Path(args.out) / args.dataset / 'tasks.json'}; "
+        f"{sum(s['written'] for k, s in summaries.items() if k != 'not_in_tables')} labelled ECGs"
+    )
+    return 0
+
+
+def run_tasks(args: argparse.Namespace) -> int:
+    """``fgclep eval tasks``: every task, its classes and whether its shards are present."""
+    from .tasks import get_task
+
+    for name in ALL_TASKS:
+        if name.startswith("synth") and not (Path(args.synth_data) / "test").is_dir():
+            print(f"{name}: synthetic corpus not generated yet ({args.synth_data}; generated on first use)")
+            continue
+        try:
+            task = get_task(name, task_data(args, name))
+        except FileNotFoundError as e:
+            print(f"{name}: not built ({e})")
+            continue
+        print(f"{name}: {len(task.class_names)} classes, label key {task.label_key!r}; {task.description}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace, protocols: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows of every (checkpoint, task, protocol) asked for."""
+    import torch
+
+    from ..model.scoring import load_model
+    from .linear import linear_probe
+    from .tasks import get_task
+    from .zeroshot import cached_split, zero_shot_results
+
+    cache = None if args.no_cache else (args.cache or str(Path(args.out) / "embeddings"))
+    tasks = [get_task(name, task_data(args, name)) for name in args.task]
+    rows: list[dict[str, Any]] = []
+    for label, checkpoint in map(parse_checkpoint, args.checkpoint):
+        torch.manual_seed(args.seed)  # a checkpoint-less model: the same random weights every run
+        loaded = load_model(args.model, checkpoint, device=args.device)
+        for task in tasks:
+            base = {
+                "model": args.model,
+                "checkpoint": checkpoint,
+                "checkpoint_label": label,
+                "task": task.name,
+            }
+            emb = {"test": cached_split(loaded, task, "test", cache, args.batch_size, not args.quiet)}
+            if "zeroshot" in protocols:
+                for row in zero_shot_results(
+                    loaded, task, emb["test"], args.prompt_set, args.bootstrap, args.seed
+                ):
+                    rows.append({**base, **row})
+            if "linear" in protocols:
+                for split in ("train", "val"):
+                    emb[split] = cached_split(loaded, task, split, cache, args.batch_size, not args.quiet)
+                results = linear_probe(
+                    emb["train"],
+                    emb["val"],
+                    emb["test"],
+                    fractions=args.fractions,
+                    repeats=args.repeats,
+                    merl_selection=args.merl_selection,
+                    epochs=args.epochs,
+                    bootstrap=args.bootstrap,
+                    seed=args.seed,
+                    progress=not args.quiet,
+                )
+                rows.extend({**base, **row} for row in results)
+    return rows
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """``fgclep eval zeroshot | linear | all``: evaluate, write results.json + results.md, print the table."""
+    from .results import format_markdown, write_results
+
+    protocols = {"zeroshot": ("zeroshot",), "linear": ("linear",), "all": ("zeroshot", "linear")}[
+        args.eval_command
+    ]
+    rows = evaluate(args, protocols)
+    meta = {
+        "command": "fgclep " + " ".join(sys.argv[1:])
+        if sys.argv and "fgclep" in sys.argv[0]
+        else "fgclep eval",
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+        "model": args.model,
+    }
+    paths = write_results(args.out, rows, meta)
+    table = format_markdown(rows, meta).split("\n## Per class")[0]
+    print(table)
+    print(f"\nwritten: {paths['json']}, {paths['md']}")
+    return 0
+
+
+def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) -> None:
+    p.add_argument("--model", required=True, help="open_clip model config, e.g. FGCLEP-ResNet1d18-MiniLM")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="[LABEL=]CKPT",
+        help="checkpoint (repeatable: CLEP and FG-CLEP side by side); 'none' = random weights",
+    )
+    p.add_argument("--task", action="append", required=True, choices=ALL_TASKS, help="task (repeatable)")
+    p.add_argument("--merl-data", default="shards/merl", help="folder given to `fgclep eval build --out`")
+    p.add_argument("--ludb-data", default="shards/ludb", help="the LUDB shards")
+    p.add_argument("--synth-data", default="data/synth", help="the synthetic corpus (generated if missing)")
+    p.add_argument("--out", default="runs/eval", help="folder of results.json / results.md")
+    p.add_argument("--cache", default=None, help="embedding cache folder (default OUT/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples of the test records (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, subsets and heads")
+    p.add_argument("--batch-size", type=int, default=64, help="ECGs per encoder batch")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    if zeroshot:
+        p.add_argument(
+            "--prompt-set",
+            action="append",
+            choices=("templates", "ens", "ckepe"),
+            default=None,
+            help="prompt set (repeatable; default: templates, ens, and ckepe on MERL tasks)",
+        )
+    else:
+        p.set_defaults(prompt_set=None)
+    if linear:
+        p.add_argument(
+            "--fractions", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="%% of train labels"
+        )
+        p.add_argument("--repeats", type=int, default=5, help="seeds per fraction below 100 %%")
+        p.add_argument("--epochs", type=int, default=100, help="head training epochs (the epoch is selected)")
+        p.add_argument(
+            "--merl-selection",
+            action="store_true",
+            help="reproduce MERL: lr 1e-3, wd 1e-4, batch 16, 100 epochs, report the MAXIMUM TEST AUC over "
+            "epochs (selection on test, inflated; the same run's val-selected AUC is reported beside it)",
+        )
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``fgclep eval``."""
+    from ..cli import HelpFormatter, _parse_option
+
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate checkpoints: MERL benchmark tasks, zero-shot (templates / CKEPE / ENS), linear probe",
+        description="Benchmark evaluation. Zero-shot: macro AUC with per-class positives and a 95 %% bootstrap "
+        "interval, prompt sets templates / ckepe (MERL's strings) / ens (the paper's lead ensemble). Linear "
+        "probe: frozen cached embeddings, a BCE head at 1 / 10 / 100 %% of the training labels, selected on "
+        "validation. Results go to OUT/results.json and OUT/results.md.",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    sub = p.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
+
+    b = sub.add_parser(
+        "build",
+        help="labelled MERL task shards from a raw PTB-XL / CPSC2018 / CSN folder",
+        description="Convert the records of the MERL split tables (train / val / test) with the project's "
+        "reader for DATASET; each sample's json gets its table row's classes under labels['merl_<task>']. "
+        "Table rows whose record is missing are listed in the rejects file. Resumable.",
+        formatter_class=HelpFormatter,
+    )
+    b.add_argument("dataset", choices=MERL_DATASETS, help="ptbxl (super/sub/form/rhythm), cpsc2018 or csn")
+    b.add_argument("--root", required=True, help="the raw dataset folder (PhysioNet layout)")
+    b.add_argument(
+        "--benchmarks",
+        required=True,
+        help="folder with merl_splits/, dataset_class_names.json and CKEPE_prompt.json (from the MERL repo)",
+    )
+    b.add_argument("--out", default="shards/merl", help="shards go to OUT/DATASET/")
+    b.add_argument(
+        "--option",
+        type=_parse_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. rate=100 for PTB-XL's records100 (default 500, as MERL)",
+    )
+    b.add_argument("--maxcount", type=int, default=1000, help="ECGs per shard")
+    b.add_argument("--workers", type=int, default=1, help="parallel reader processes")
+    b.add_argument("--min-seconds", type=float, default=5.0, help="reject records shorter than this")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=run_build)
+
+    t = sub.add_parser("tasks", help="list the tasks", formatter_class=HelpFormatter)
+    t.add_argument("--merl-data", default="shards/merl")
+    t.add_argument("--ludb-data", default="shards/ludb")
+    t.add_argument("--synth-data", default="data/synth")
+    t.set_defaults(func=run_tasks)
+
+    for name, helptext, lin, zs in (
+        ("zeroshot", "zero-shot macro AUC per prompt set", False, True),
+        ("linear", "linear probe at 1 / 10 / 100 % of the training labels", True, False),
+        ("all", "zero-shot and linear probe", True, True),
+    ):
+        q = sub.add_parser(
+            name, help=helptext, description=helptext, epilog=EXAMPLES, formatter_class=HelpFormatter
+        )
+        _add_eval_options(q, lin, zs)
+        q.set_defaults(func=run_eval)
