@@ -96,3 +96,36 @@ def test_embeddings_are_cached_by_checkpoint_task_and_split(tmp_path, monkeypatc
         cached_split(loaded, task, "val", tmp_path / "cache", progress=False)
     np.load(files[0], allow_pickle=False)  # plain arrays, no pickles
     assert json.dumps(first.positives())
+
+
+@pytest.mark.slow
+def test_cli_linear_labels_merl_selection_in_every_output(tmp_path):
+    from fgclep_plugin.cli import main
+
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    base = ["eval", "linear", "--model", MODEL, "--checkpoint", f"CLEP={ckpt}", "--task", "ludb-axis"]
+    base += [
+        "--ludb-data",
+        str(LUDB_SHARDS),
+        "--fractions",
+        "100",
+        "--epochs",
+        "3",
+        "--bootstrap",
+        "50",
+        "--quiet",
+    ]
+    assert main([*base, "--out", str(tmp_path / "ours"), "--cache", str(tmp_path / "cache")]) == 0
+    assert (
+        main([*base, "--out", str(tmp_path / "merl"), "--cache", str(tmp_path / "cache"), "--merl-selection"])
+        == 0
+    )
+    ours = json.loads((tmp_path / "ours" / "results.json").read_text())["rows"]
+    merl = json.loads((tmp_path / "merl" / "results.json").read_text())["rows"]
+    assert [r["selection"] for r in ours] == [VAL_SELECTION] and [r["selection"] for r in merl] == [
+        MERL_SELECTION
+    ]
+    assert merl[0]["metric"] == "macro AUC (MERL selection)" and "inflation" in merl[0]
+    md = (tmp_path / "merl" / "results.md").read_text()
+    assert MERL_SELECTION in md and "| CLEP | ludb-axis | 100 % |" in md  # the inflation table
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 3  # train, val, test embedded once for both runs

@@ -120,6 +120,11 @@ def evaluate(args: argparse.Namespace, protocols: tuple[str, ...]) -> list[dict[
                     progress=not args.quiet,
                 )
                 rows.extend({**base, **row} for row in results)
+            if getattr(args, "figures", False):
+                from .figures import make_figures  # t-SNE and similarity heat maps (fgclep figures)
+
+                folder = Path(args.out) / "figures" / label.replace("/", "_") / task.name
+                make_figures(loaded, task.urls("test"), folder, task.label_key, progress=not args.quiet)
     return rows
 
 
@@ -179,6 +184,12 @@ def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) 
         )
     else:
         p.set_defaults(prompt_set=None)
+    if linear and zeroshot:
+        p.add_argument(
+            "--figures",
+            action="store_true",
+            help="also draw the t-SNE and similarity figures into OUT/figures/",
+        )
     if linear:
         p.add_argument(
             "--fractions", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="%% of train labels"
