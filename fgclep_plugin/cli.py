@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.demo",
     "fgclep_plugin.ecgdata.inspect",
     "fgclep_plugin.bench.shards",
+    "fgclep_plugin.bench.all",
     "fgclep_plugin.evaluate.cli",
     "fgclep_plugin.augment.generate",
     "fgclep_plugin.augment.rewrite",

@@ -1,0 +1,153 @@
+"""fgclep demo: stage bookkeeping (resume, re-run on a changed setting), the table, and the whole --fast demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fgclep_plugin import demo
+
+
+def _stage(st: demo.Stages, tmp: Path, name: str, settings: dict, inputs: list[str], calls: list[str]) -> str:
+    out = tmp / name
+
+    def fn() -> None:
+        calls.append(name)
+        out.mkdir(exist_ok=True)
+        (out / "done").write_text(json.dumps(settings))
+
+    return st.run(name, settings, inputs, [out / "done"], fn, clear=[out])
+
+
+def test_stages_resume_and_rerun_what_a_changed_setting_affects(tmp_path):
+    def pipeline(a: int, b: int) -> list[str]:
+        calls: list[str] = []
+        st = demo.Stages(tmp_path, log=lambda m: None)
+        _stage(st, tmp_path, "one", {"a": a}, [], calls)
+        _stage(st, tmp_path, "two", {"b": b}, ["one"], calls)
+        _stage(st, tmp_path, "three", {}, ["one", "two"], calls)
+        assert st.ran == calls
+        return calls
+
+    assert pipeline(1, 1) == ["one", "two", "three"]
+    assert pipeline(1, 1) == []  # everything resumed
+    assert pipeline(1, 2) == ["two", "three"]  # b changed: stage one kept
+    assert json.loads((tmp_path / "two" / "done").read_text()) == {"b": 2}
+    assert pipeline(3, 2) == ["one", "two", "three"]  # a changed: its dependents re-run too
+    (tmp_path / "two" / "done").unlink()  # an output lost: that stage re-runs; its digest is unchanged
+    assert pipeline(3, 2) == ["two"]
+    (tmp_path / "two" / "stale").write_text("x")
+    (tmp_path / ".demo" / "two.json").unlink()  # interrupted (no manifest): the partial output is cleared
+    assert pipeline(3, 2) == ["two"] and not (tmp_path / "two" / "stale").exists()
+
+
+def test_stage_without_its_output_is_an_error_and_not_recorded(tmp_path):
+    st = demo.Stages(tmp_path, log=lambda m: None)
+    with pytest.raises(RuntimeError, match="stage x finished without its outputs"):
+        st.run("x", {}, [], [tmp_path / "missing"], lambda: None)
+    assert not (tmp_path / ".demo" / "x.json").exists()
+
+
+def test_generator_spec_and_fast_defaults():
+    assert demo.parse_generator("kb") == ("kb", None)
+    assert demo.parse_generator("vllm:/models/llama") == ("vllm", "/models/llama")
+    assert demo.parse_generator("openai:http://127.0.0.1:8000/v1") == ("openai", "http://127.0.0.1:8000/v1")
+    with pytest.raises(argparse.ArgumentTypeError, match="kb, vllm:<model> or openai:<url>"):
+        demo.parse_generator("gpt")
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    args = p.parse_args(["--fast", "--stage3-epochs", "3"])
+    demo.apply_fast(args, p)
+    assert (args.epochs, args.stage3_samples) == (demo.FAST["epochs"], demo.FAST["stage3_samples"])
+    assert args.stage3_epochs == 3  # a flag given explicitly wins
+    assert demo.stage3_input({"train": "d/synth-train-{000000..000007}.tar"}, 2) == (
+        "d/synth-train-{000000..000001}.tar"
+    )
+
+
+def test_demo_table_takes_each_column_from_its_rows():
+    rows = [
+        {
+            "checkpoint_label": "CLEP",
+            "task": "synth-feature",
+            "protocol": "zero-shot",
+            "prompt_set": "ens",
+            "value": 0.61,
+            "interval": [0.55, 0.66],
+        },
+        {
+            "checkpoint_label": "FG-CLEP",
+            "task": "synth-feature",
+            "protocol": "zero-shot",
+            "prompt_set": "ens",
+            "value": 0.72,
+            "interval": [0.7, 0.74],
+        },
+        {
+            "checkpoint_label": "CLEP",
+            "task": "synth-diagnosis",
+            "protocol": "linear probe",
+            "fraction": 100.0,
+            "value": 0.9,
+        },
+    ]
+    summaries = {
+        "validated": {
+            "rule": "quantile q=0.9",
+            "kept_per_report": 1.5,
+            "ground_truth": [{"rule": "quantile q=0.9", "precision": 0.8, "recall": 0.4}],
+        },
+        "unvalidated": {
+            "rule": "cosine>-2",
+            "kept_per_report": 6.0,
+            "ground_truth": [{"rule": "cosine>-2", "precision": 0.3, "recall": 1.0}],
+        },
+    }
+    table = {line["measure"]: line for line in demo.demo_table(rows, summaries)}
+    ens = table["synth-feature zero-shot macro AUC (ens)"]
+    assert (
+        ens["CLEP"]["value"] == 0.61 and ens["FG-CLEP"]["interval"] == [0.7, 0.74] and ens["original"] is None
+    )
+    assert table["synth-diagnosis linear probe macro AUC (100 % labels)"]["CLEP"] == {
+        "value": 0.9,
+        "interval": None,
+    }
+    prec = table["stage-2 features: precision (ground truth)"]
+    assert (prec["FG-CLEP"]["value"], prec["unvalidated"]["value"]) == (0.8, 0.3)
+    text = demo.format_table(demo.demo_table(rows, summaries))
+    assert (
+        "| synth-feature zero-shot macro AUC (ens) | 0.610 [0.550, 0.660] | 0.720 [0.700, 0.740] | - | - |"
+        in text
+    )
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo.main(["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for label, ck in res["checkpoints"].items():
+        assert Path(ck).stat().st_size > 1e6, label
+    # augmented shards: validated ones keep fewer features than the keep-all control, and some are kept
+    kept = {k: v["kept_per_report"] for k, v in res["augment"].items()}
+    assert 0 < kept["validated"] < kept["unvalidated"]
+    shard = min((out / "stage2-validated").glob("train-*.tar"))
+    with tarfile.open(shard) as tf:
+        metas = [json.load(tf.extractfile(m)) for m in tf.getmembers() if m.name.endswith(".json")]
+    assert any(m.get("stage2", {}).get("kept") for m in metas)
+    table = {line["measure"]: line for line in res["table"]}
+    for col in demo.COLUMNS:
+        v = table["synth-diagnosis zero-shot macro AUC (templates)"][col]["value"]
+        assert 0.0 <= v <= 1.0
+    assert table["ludb-rhythm zero-shot macro AUC (ens)"]["FG-CLEP"]["value"] > 0
+    assert sorted(json.loads(p.read_text())["digest"] for p in (out / ".demo").glob("*.json"))
+    assert list((out / "figures").rglob("*.png"))
+    assert "| measure |" in (out / "results.md").read_text()
+    # a re-run resumes every stage
+    capsys.readouterr()
+    assert demo.main(["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]) == 0
+    assert "stages run now: none" in capsys.readouterr().out
