@@ -135,3 +135,13 @@ def test_synth_tasks_read_the_generators_ground_truth():
             gt = s["meta"]["synth"][truth]
             assert task.labels(s["meta"]) == [g["name"] if isinstance(g, dict) else g for g in gt]
             assert set(task.labels(s["meta"])) <= set(task.class_names)
+
+
+@pytest.mark.parametrize("sub", ["build", "tasks", "zeroshot", "linear", "all"])
+def test_eval_help_renders(sub, capsys):
+    from fgclep_plugin.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", sub, "--help"])
+    assert exit_info.value.code == 0
+    assert "%%" not in capsys.readouterr().out

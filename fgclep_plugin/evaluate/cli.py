@@ -10,7 +10,7 @@ from typing import Any
 from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS
 
 EXAMPLES = """examples:
-  fgclep eval build ptbxl --root /data/ptb-xl --benchmarks MERL/finetune/data_split_and_prompts --out shards/merl
+  fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
   fgclep eval zeroshot --model FGCLEP-ResNet1d18-MiniLM --checkpoint CLEP=runs/clep/checkpoints/epoch_8.pt \\
       --checkpoint FG-CLEP=runs/fgclep/checkpoints/epoch_3.pt --task synth-diagnosis --task ludb-rhythm
   fgclep eval linear --model FGCLEP-ResNet1d18-MiniLM --checkpoint runs/clep/checkpoints/epoch_8.pt \\
@@ -211,9 +211,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate checkpoints: MERL benchmark tasks, zero-shot (templates / CKEPE / ENS), linear probe",
-        description="Benchmark evaluation. Zero-shot: macro AUC with per-class positives and a 95 %% bootstrap "
+        description="Benchmark evaluation. Zero-shot: macro AUC with per-class positives and a 95 % bootstrap "
         "interval, prompt sets templates / ckepe (MERL's strings) / ens (the paper's lead ensemble). Linear "
-        "probe: frozen cached embeddings, a BCE head at 1 / 10 / 100 %% of the training labels, selected on "
+        "probe: frozen cached embeddings, a BCE head at 1 / 10 / 100 % of the training labels, selected on "
         "validation. Results go to OUT/results.json and OUT/results.md.",
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
@@ -262,7 +262,11 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         ("all", "zero-shot and linear probe", True, True),
     ):
         q = sub.add_parser(
-            name, help=helptext, description=helptext, epilog=EXAMPLES, formatter_class=HelpFormatter
+            name,
+            help=helptext.replace("%", "%%"),
+            description=helptext,
+            epilog=EXAMPLES,
+            formatter_class=HelpFormatter,
         )
         _add_eval_options(q, lin, zs)
         q.set_defaults(func=run_eval)
