@@ -507,7 +507,14 @@ STATEMENTS: dict[str, tuple[list[str], list[str], list[str]]] = {
         ["anterior_mi_old"],
     ),
     "normal": (
-        [r"^normal ecg$", r"normales ekg", r"within normal limits", r"normalt ekg", r"no definite pathology"],
+        [
+            r"^normal ecg$",
+            r"otherwise normal",
+            r"normales ekg",
+            r"within normal limits",
+            r"normalt ekg",
+            r"no definite pathology",
+        ],
         ["sinus_p", "x_normal_qrs"],
         [],
     ),
