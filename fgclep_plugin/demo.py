@@ -37,10 +37,11 @@ from .cli import HelpFormatter
 from .train import accelerate_cpu_command
 
 DEFAULT_MODEL = "FGCLEP-ResNet1d18-MiniLM"
-# FNM weight of the demo. With Eq. 6's normalisation (the loss default) the FNM term is a sum over the B reports
-# of each row, so at the demo's batch of 32 the paper's 0.5 gives FNM about 3x the SigLIP term; measured on the
-# synthetic corpus (8 epochs, README "Learning on the synthetic corpus"): 0.5 loses diagnosis zero-shot AUC, 0.05
-# keeps it. The paper config (batch 100) keeps 0.5 (the training entry point's default).
+# FNM weight of the demo. With Eq. 6's normalisation (the loss default) the FNM term sums each ECG's |cos - S|
+# over the B reports, so it grows with the batch; at the demo's B = 32 the paper's 0.5 makes FNM about twice the
+# SigLIP term and costs diagnosis zero-shot AUC (measured, README "Learning on the synthetic corpus"), while 0.05
+# keeps FNM at a fifth of SigLIP and learns as well as before. The paper config (B = 100) keeps 0.5, the
+# training entry point's default.
 DEMO_FNM_LAMBDA = 0.05
 
 

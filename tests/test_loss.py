@@ -300,3 +300,26 @@ def test_two_process_loss_matches_single_process_global_batch(tmp_path):
             loc = [p[(impl, False, norm)] for p in per_rank]
             assert np.mean([x["fnm_loss"] for x in loc]) == pytest.approx(local_fnm, rel=1e-5)
             assert local_fnm != pytest.approx(full["fnm_loss"].item(), rel=1e-3)
+
+
+def test_demo_passes_its_fnm_lambda_and_flags_after_the_separator_override_it():
+    import argparse
+
+    from fgclep_plugin.demo import DEMO_FNM_LAMBDA, add_arguments, launch_command
+    from fgclep_plugin.train import split_argv
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    urls = {"train": "train.tar", "val": "val.tar"}
+
+    def plugin_flags(argv: list[str]) -> argparse.Namespace:
+        args = parser.parse_args(argv)
+        args.name = "demo"
+        cmd = launch_command(args, urls)
+        return split_argv(cmd[cmd.index("fgclep_plugin.train") + 1 :])[0]
+
+    default = plugin_flags([])
+    assert (default.fnm_lambda, default.fnm_norm) == (DEMO_FNM_LAMBDA, "paper") and DEMO_FNM_LAMBDA != 0.5
+    assert plugin_flags(["--fnm-lambda", "0.2"]).fnm_lambda == 0.2
+    override = plugin_flags(["--", "--fnm-lambda", "0.5", "--fnm-norm", "mean"])
+    assert (override.fnm_lambda, override.fnm_norm) == (0.5, "mean")
