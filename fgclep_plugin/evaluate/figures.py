@@ -89,10 +89,11 @@ def plot_tsne(
     plt = _pyplot()
     counts = Counter(labels)
     shown = [c for c, _ in counts.most_common() if c not in (UNLABELLED,)][:max_classes]
-    cmap = plt.get_cmap("tab20" if len(shown) > 10 else "tab10")
+    tab = plt.get_cmap("tab20").colors  # dark shades first, their light partners after: neighbours differ
+    palette = plt.get_cmap("tab10").colors if len(shown) <= 10 else tab[0::2] + tab[1::2]
     fig = plt.figure(figsize=(11, 7.5), layout="constrained")
     ax = fig.add_subplot()
-    groups = [(c, cmap(i % cmap.N)) for i, c in enumerate(shown)]
+    groups = [(c, palette[i % len(palette)]) for i, c in enumerate(shown)]
     rest = [c for c in counts if c not in shown]
     lab = np.asarray(labels, dtype=object)
     for name, color, size in [(OTHER if rest else None, (0.75, 0.75, 0.75, 1.0), 8)] + [
@@ -178,7 +179,10 @@ def plot_similarity(
     n = len(texts)
     fig = plt.figure(figsize=(15, 10), layout="constrained")
     ax = fig.add_subplot()
-    im = ax.imshow(s, cmap="viridis", vmin=min(0.0, float(s.min())), vmax=1.0, interpolation="nearest")
+    low = float(
+        np.floor(s.min() * 20) / 20
+    )  # the scale spans the batch's range: text towers rarely go below 0.5
+    im = ax.imshow(s, cmap="viridis", vmin=min(low, 0.95), vmax=1.0, interpolation="nearest")
     size = 7 if n <= 32 else 5
 
     def row_label(i: int, t: str) -> str:
