@@ -313,7 +313,7 @@ def test_demo_passes_its_fnm_lambda_and_flags_after_the_separator_override_it():
     urls = {"train": "train.tar", "val": "val.tar"}
 
     def plugin_flags(argv: list[str]) -> argparse.Namespace:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(["--logs", "runs", *argv])
         args.name = "demo"
         cmd = launch_command(args, urls)
         return split_argv(cmd[cmd.index("fgclep_plugin.train") + 1 :])[0]
