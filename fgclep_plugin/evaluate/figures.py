@@ -106,7 +106,7 @@ def plot_tsne(
         ax.scatter(
             xy[mask, 0], xy[mask, 1], s=size, color=color, label=f"{name} ({n})", linewidths=0, alpha=0.85
         )
-    ax.set_title(title, fontsize=11)
+    ax.set_title(textwrap.fill(title, 100), fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel("t-SNE 1")
@@ -186,7 +186,7 @@ def plot_similarity(
     size = 7 if n <= 32 else 5
 
     def row_label(i: int, t: str) -> str:
-        return "\n".join(textwrap.wrap(textwrap.shorten(t, 150, placeholder=" ..."), 80)[:2]) + f"  {i:>2}"
+        return "\n".join(textwrap.wrap(textwrap.shorten(t, 120, placeholder=" ..."), 62)[:2]) + f"  {i:>2}"
 
     ax.set_yticks(range(n), [row_label(i, t) for i, t in enumerate(texts)], fontsize=size)
     ax.set_xticks(range(n), [str(i) for i in range(n)], fontsize=size)
@@ -201,7 +201,7 @@ def plot_similarity(
         )
         top.tick_params(length=0, labelsize=10)
     fig.colorbar(im, ax=ax, shrink=0.8, label="S_ij = cos(t_i, t_j)")
-    ax.set_title(title, fontsize=11)
+    ax.set_title(textwrap.fill(title, 100), fontsize=11)
     return save_png(fig, path, dpi)
 
 
