@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,7 @@ def run_eval(args: argparse.Namespace) -> int:
     ]
     rows = evaluate(args, protocols)
     meta = {
+        "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "fgclep " + " ".join(sys.argv[1:])
         if sys.argv and "fgclep" in sys.argv[0]
         else "fgclep eval",
