@@ -151,3 +151,31 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert demo.main(["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]) == 0
     assert "stages run now: none" in capsys.readouterr().out
+
+
+def test_bench_table_names_every_benchmark_and_its_failures():
+    from fgclep_plugin.bench import all as bench_all
+
+    rows = [
+        {
+            "name": "synth",
+            "what": "w",
+            "seconds": 2.0,
+            "rc": 0,
+            "lines": ["  250.0 records/s"],
+            "command": "c",
+        },
+        {"name": "train", "what": "t", "seconds": 1.0, "rc": 1, "lines": ["FAILED: boom"], "command": "d"},
+    ]
+    text = bench_all.format_table(rows, bench_all.describe_machine())
+    assert "== synth: w  [2 s, ok]  $ c\n     250.0 records/s" in text
+    assert "[1 s, exit 1]" in text and "FAILED: boom" in text
+    assert "cores" in text and "torch" in text and "open_clip" in text
+    assert {b[0] for b in bench_all.BENCHMARKS} == {
+        "shards",
+        "synth",
+        "tower",
+        "train",
+        "validate",
+        "evaluate",
+    }
