@@ -40,7 +40,8 @@ DEFAULT_MODEL = "FGCLEP-ResNet1d18-MiniLM"
 # FNM weight of the demo. With Eq. 6's normalisation (the loss default) the FNM term sums each ECG's |cos - S|
 # over the B reports, so it grows with the batch; at the demo's B = 32 the paper's 0.5 makes FNM more than twice
 # the SigLIP term and slows the diagnosis zero-shot AUC curve (measured, README "Learning on the synthetic
-# corpus"), while 0.05 keeps FNM at about a fifth of SigLIP and ends near the old term's AUC. The paper config
+# corpus"; it reads feature phrases better), while 0.05 keeps FNM at about a fifth of SigLIP and ends near the
+# old term's diagnosis AUC. The paper config
 # (B = 100) keeps 0.5, the training entry point's default.
 DEMO_FNM_LAMBDA = 0.05
 
