@@ -33,13 +33,13 @@ class LoadedModel:
     @property
     def logit_scale(self) -> float:
         """``exp(logit_scale)``: the temperature ``t`` of the SigLIP head."""
-        return float(self.model.logit_scale.exp())
+        return float(self.model.logit_scale.detach().exp())
 
     @property
     def logit_bias(self) -> float:
         """The SigLIP bias ``b`` (0 for a model without one)."""
         bias = getattr(self.model, "logit_bias", None)
-        return 0.0 if bias is None else float(bias)
+        return 0.0 if bias is None else float(bias.detach())
 
 
 def load_model(name: str, checkpoint: str | None = None, device: str = "cpu") -> LoadedModel:
