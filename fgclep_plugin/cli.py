@@ -28,6 +28,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Every subcommand's help: defaults shown, descriptions and epilogs printed as written."""
 
 
+def add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
+    """``--data SHARDS --model NAME --checkpoint CKPT``: what every command that embeds a shard set takes."""
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--model", required=True, help="model config name, e.g. FGCLEP-ResNet1d18-MiniLM")
+    p.add_argument(
+        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
+    )
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--option takes key=value, got {text!r}")

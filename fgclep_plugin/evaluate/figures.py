@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import HelpFormatter
+from ..cli import HelpFormatter, add_model_arguments
 
 OTHER = "other"
 UNLABELLED = "no label"
@@ -316,11 +316,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "      --checkpoint runs/NAME/checkpoints/epoch_8.pt --label-key diagnoses --normal-class normal_ecg "
         "--out eval/",
     )
-    p.add_argument("--data", required=True, help="labelled shards")
-    p.add_argument("--model", required=True, help="model config name")
-    p.add_argument(
-        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
-    )
+    add_model_arguments(p, "labelled shards")
     p.add_argument("--label-key", required=True, help="colour the t-SNE by json labels[KEY]")
     p.add_argument(
         "--normal-class",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import HelpFormatter
+from ..cli import HelpFormatter, add_model_arguments
 from ..ecgdata.reader import iter_samples, read_sizes
 from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, load_model, similarity
 
@@ -422,11 +422,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "      --checkpoint runs/NAME/checkpoints/epoch_8.pt --label-key features --prompts synth-features \\\n"
         "      --query 'atrial fibrillation' --k 10 --out eval/",
     )
-    p.add_argument("--data", required=True, help="shards, e.g. 'shards/ludb/ludb-test-000000.tar'")
-    p.add_argument("--model", required=True, help="model config name, e.g. FGCLEP-ResNet1d18-MiniLM")
-    p.add_argument(
-        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
-    )
+    add_model_arguments(p, "shards, e.g. 'shards/ludb/ludb-test-000000.tar'")
     p.add_argument(
         "--query", action="append", default=[], metavar="TEXT", help="text -> top-k ECGs (repeatable)"
     )
