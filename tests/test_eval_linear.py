@@ -1,18 +1,23 @@
-"""Linear probe: selection never reads test labels (MERL's selection does), fractions and repeats, the cache."""
+"""Linear probe: selection never reads test labels (MERL's selection does), fractions and repeats; the embedding
+cache: one pass per (checkpoint, shard set) whatever the number of tasks, in memory and on disk."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from eval_helpers import LUDB_SHARDS, MODEL, clustered_split, tiny_checkpoint
 from sklearn.model_selection import train_test_split
 
+from fgclep_plugin.ecgdata.reader import iter_samples
 from fgclep_plugin.evaluate import zeroshot
 from fgclep_plugin.evaluate.linear import MERL_SELECTION, VAL_SELECTION, probe_fraction, subset
-from fgclep_plugin.evaluate.tasks import get_task
-from fgclep_plugin.evaluate.zeroshot import EmbeddedSplit, cached_split
+from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, get_task
+from fgclep_plugin.evaluate.zeroshot import EmbeddedSplit, cache_key, cached_split, embed_split
 from fgclep_plugin.model.scoring import load_model
 
 
@@ -75,27 +80,96 @@ def test_subsets_ours_seeded_merls_train_test_split():
     assert np.array_equal(merl, expect) and len(subset(1000, 100, 0, True)) == 1000
 
 
-def test_embeddings_are_cached_by_checkpoint_task_and_split(tmp_path, monkeypatch):
+@pytest.fixture
+def embed_counter(monkeypatch):
+    """Counts the passes through ``embed_ecgs`` (as the evaluation calls it) and the ECGs they embed."""
+    calls: list[int] = []
+    real = zeroshot.embed_ecgs
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(len(out))
+        return out
+
+    monkeypatch.setattr(zeroshot, "embed_ecgs", counting)
+    zeroshot.clear_memo()
+    yield calls
+    zeroshot.clear_memo()
+
+
+def independent_targets(task, split):
+    """Keys and 0/1 targets of ``task``'s ``split`` straight from the sample metas, and the unlabelled count."""
+    keys, rows, unlabelled = [], [], 0
+    for s in iter_samples(task.urls(split)):
+        labels = task.labels(s["meta"])
+        if labels is None:
+            unlabelled += 1
+            continue
+        keys.append(s["__key__"])
+        rows.append([int(c in labels) for c in task.class_names])
+    return keys, np.array(rows), unlabelled
+
+
+def test_two_tasks_on_the_same_shards_embed_once_with_their_own_targets(tmp_path, embed_counter):
+    loaded = load_model(MODEL, tiny_checkpoint(tmp_path / "m.pt"))
+    names = ("ludb-rhythm", "ludb-axis", "ludb-hypertrophy")
+    out = {n: cached_split(loaded, get_task(n, LUDB_SHARDS), "test", None, progress=False) for n in names}
+    assert embed_counter == [50]  # one pass of the 50 test ECGs for three tasks, without a disk cache
+    alone = embed_split(loaded, get_task("ludb-rhythm", LUDB_SHARDS), "test", progress=False)
+    for name, split in out.items():
+        keys, targets, unlabelled = independent_targets(get_task(name, LUDB_SHARDS), "test")
+        assert split.keys == keys and np.array_equal(split.targets, targets), name
+        assert split.n_unlabelled == unlabelled and split.class_names == LUDB_CLASSES[name]
+        by_key = dict(zip(alone.keys, alone.embeddings))
+        np.testing.assert_allclose(split.embeddings, np.stack([by_key[k] for k in split.keys]), atol=1e-6)
+    assert len({t.targets.shape[1] for t in out.values()}) == 3  # really different tasks
+
+
+def test_disk_cache_is_shared_by_tasks_and_keyed_by_checkpoint_and_shards(tmp_path, embed_counter):
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    cache = tmp_path / "cache"
+    rhythm, axis = get_task("ludb-rhythm", LUDB_SHARDS), get_task("ludb-axis", LUDB_SHARDS)
+    first = {
+        t.name: cached_split(load_model(MODEL, ckpt), t, "test", cache, progress=False)
+        for t in (rhythm, axis)
+    }
+    files = list(cache.glob("*.npz"))
+    assert embed_counter == [50] and [f.name.split("-")[:3] for f in files] == [["ludb", "test", "000000"]]
+    assert cache_key(load_model(MODEL, ckpt), rhythm, "test") == cache_key(
+        load_model(MODEL, ckpt), axis, "test"
+    )
+    with np.load(files[0], allow_pickle=False) as z:  # plain arrays and JSON text, no pickles
+        assert sorted(z.files) == ["embeddings", "keys", "metas"] and len(json.loads(str(z["metas"]))) == 50
+
+    zeroshot.clear_memo()  # a new process: only the disk cache is left
     loaded = load_model(MODEL, ckpt)
-    task = get_task("ludb-axis", LUDB_SHARDS)
-    first = cached_split(loaded, task, "test", tmp_path / "cache", progress=False)
-    files = list((tmp_path / "cache").glob("ludb-axis-test-*.npz"))
-    assert len(files) == 1 and first.embeddings.shape == (50, 32) and first.targets.sum() == 50
+    again = {t.name: cached_split(loaded, t, "test", cache, progress=False) for t in (rhythm, axis)}
+    assert embed_counter == [50]  # read from disk, not embedded
+    for name, a in first.items():
+        b = again[name]
+        np.testing.assert_array_equal(b.embeddings, a.embeddings)
+        assert b.keys == a.keys and np.array_equal(b.targets, a.targets) and b.n_unlabelled == a.n_unlabelled
+    assert json.dumps(again["ludb-axis"].positives())
 
-    def fail(*a, **k):
-        raise AssertionError("embedded again despite the cache")
+    tiny_checkpoint(tmp_path / "m.pt", seed=1)  # the same path, other weights: another key
+    changed = cached_split(load_model(MODEL, ckpt), rhythm, "test", cache, progress=False)
+    assert embed_counter == [50, 50] and len(list(cache.glob("*.npz"))) == 2
+    assert not np.allclose(changed.embeddings, first["ludb-rhythm"].embeddings)
 
-    monkeypatch.setattr(zeroshot, "embed_split", fail)
-    again = cached_split(loaded, task, "test", tmp_path / "cache", progress=False)
-    np.testing.assert_array_equal(again.embeddings, first.embeddings)
-    assert again.keys == first.keys and np.array_equal(again.targets, first.targets)
-    with pytest.raises(
-        AssertionError, match="embedded again"
-    ):  # another split (or checkpoint) is another key
-        cached_split(loaded, task, "val", tmp_path / "cache", progress=False)
-    np.load(files[0], allow_pickle=False)  # plain arrays, no pickles
-    assert json.dumps(first.positives())
+
+def test_a_changed_shard_is_embedded_again(tmp_path, embed_counter):
+    shard = tmp_path / "ludb-test-000000.tar"
+    shutil.copyfile(LUDB_SHARDS / "ludb-test-000000.tar", shard)
+    task = replace(get_task("ludb-rhythm", LUDB_SHARDS), splits={"test": str(shard)})
+    loaded = load_model(MODEL, tiny_checkpoint(tmp_path / "m.pt"))
+    cache = tmp_path / "cache"
+    cached_split(loaded, task, "test", cache, progress=False)
+    cached_split(loaded, task, "test", cache, progress=False)
+    assert embed_counter == [50]
+    st = shard.stat()
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: the memo and the disk key miss
+    cached_split(loaded, task, "test", cache, progress=False)
+    assert embed_counter == [50, 50] and len(list(cache.glob("*.npz"))) == 2
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ MERL's CKEPE strings, the bootstrap interval, and results.json / results.md over
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -15,6 +16,8 @@ from sklearn.metrics import roc_auc_score
 from fgclep_plugin.cli import main
 from fgclep_plugin.ecgdata.ecg import LEADS
 from fgclep_plugin.ecgdata.reader import iter_samples
+from fgclep_plugin.evaluate import zeroshot
+from fgclep_plugin.evaluate.cli import evaluate
 from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, Task, get_task
 from fgclep_plugin.evaluate.zeroshot import (
     bootstrap_interval,
@@ -120,8 +123,51 @@ def test_cli_zero_shot_equals_an_independent_computation_on_ludb(checkpoints, tm
     assert "| FGCLEP-Tiny | FG-CLEP | ludb-hypertrophy | zero-shot | ens | macro AUC |" in md
     assert "Left ventricular hypertrophy" in md and "(17)" in md
     assert set(LUDB_CLASSES["ludb-hypertrophy"]) == set(rows[0]["per_class"])
-    # the test split was embedded once per checkpoint and cached
-    assert len(list((out / "embeddings").glob("ludb-hypertrophy-test-*.npz"))) == 2
+    # the test split was embedded once per checkpoint and cached (one file per checkpoint x shard set)
+    assert len(list((out / "embeddings").glob("ludb-test-000000-*.npz"))) == 2
+
+
+def test_evaluate_embeds_each_checkpoint_once_for_two_tasks_without_a_cache(
+    checkpoints, tmp_path, monkeypatch
+):
+    passes: list[int] = []
+    real = zeroshot.embed_ecgs
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        passes.append(len(out))
+        return out
+
+    monkeypatch.setattr(zeroshot, "embed_ecgs", counting)
+    zeroshot.clear_memo()
+    args = argparse.Namespace(
+        model=MODEL,
+        checkpoint=[f"A={checkpoints[0]}", f"B={checkpoints[1]}"],
+        task=["ludb-rhythm", "ludb-axis"],
+        ludb_data=str(LUDB_SHARDS),
+        out=str(tmp_path),
+        cache=None,
+        no_cache=True,
+        bootstrap=0,
+        seed=0,
+        batch_size=64,
+        device="cpu",
+        quiet=True,
+        prompt_set=["templates"],
+    )
+    rows = evaluate(args, ("zeroshot",))
+    assert passes == [50, 50]  # one pass of the 50 test ECGs per checkpoint, shared by both tasks
+    assert [(r["checkpoint_label"], r["task"]) for r in rows] == [
+        ("A", "ludb-rhythm"),
+        ("A", "ludb-axis"),
+        ("B", "ludb-rhythm"),
+        ("B", "ludb-axis"),
+    ]
+    for r in rows:
+        expect = get_task(r["task"], LUDB_SHARDS)
+        n = sum(expect.labels(s["meta"]) is not None for s in iter_samples(expect.urls("test")))
+        assert r["n_records"] == n and set(r["per_class"]) == set(expect.class_names)
+    assert not (tmp_path / "embeddings").exists()
 
 
 def test_ens_score_is_the_max_over_its_13_prompts():

@@ -13,6 +13,10 @@ change any AUC):
 Macro AUC is scikit-learn's ROC AUC averaged over the classes with both outcomes in the test split (the others
 are listed as skipped); every class reports its number of positives; the 95 % interval is a seeded percentile
 bootstrap over test records.
+
+Embeddings are computed once per (checkpoint, shard set), whatever the number of tasks reading those shards
+(:func:`cached_shards`: an in-process memo per model and an ``.npz`` cache keyed by checkpoint hash, model and
+shard files); each task's targets come afterwards from the samples' stored ``labels`` (:func:`task_split`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,26 +69,40 @@ def target_row(task: Task, labels: Sequence[str], key: str) -> np.ndarray:
     return row
 
 
-def embed_split(
-    loaded: LoadedModel, task: Task, split: str, batch_size: int = 64, progress: bool = True
-) -> EmbeddedSplit:
-    """Embed every sample of ``task``'s ``split`` labelled for the task (one pass, through
-    :func:`fgclep_plugin.model.scoring.embed_ecgs`)."""
+@dataclass
+class EmbeddedShards:
+    """Every sample of one shard set embedded once, for any task reading those shards: ``embeddings [N, D]``
+    (normalised), sample keys, and each sample's label-bearing meta (``{"labels", "record_id"}``)."""
+
+    embeddings: np.ndarray
+    keys: list[str]
+    metas: list[dict[str, Any]]
+
+
+def label_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The part of a sample's meta that :meth:`Task.labels` reads (its ``labels`` dict and record id)."""
+    return {"labels": meta.get("labels") or {}, "record_id": meta.get("record_id")}
+
+
+def embed_shards(
+    loaded: LoadedModel,
+    urls: str | Sequence[str],
+    batch_size: int = 64,
+    progress: bool | str = True,
+) -> EmbeddedShards:
+    """Embed every sample of ``urls`` (one pass through :func:`fgclep_plugin.model.scoring.embed_ecgs`),
+    labelled or not, keeping each sample's label meta so any task's targets can be derived afterwards."""
     from ..ecgdata.reader import iter_samples, read_sizes
     from ..training.pipeline import ecg_to_tensor
 
-    urls = task.urls(split)
-    rows, keys, skipped = [], [], [0]
+    keys: list[str] = []
+    metas: list[dict[str, Any]] = []
 
     def batches() -> Iterator[torch.Tensor]:
         batch = []
         for s in iter_samples(urls):
-            labels = task.labels(s["meta"])
-            if labels is None:
-                skipped[0] += 1
-                continue
-            rows.append(target_row(task, labels, s["__key__"]))
             keys.append(s["__key__"])
+            metas.append(label_meta(s["meta"]))
             batch.append(ecg_to_tensor(s["ecg"], loaded.preprocess))
             if len(batch) == batch_size:
                 yield torch.stack(batch)
@@ -95,45 +114,135 @@ def embed_split(
         total = read_sizes(urls)
     except RuntimeError:
         total = None
-    emb = embed_ecgs(
-        loaded.model,
-        batches(),
-        device=loaded.device,
-        progress=f"{task.name} {split}" if progress else False,
-        total=total,
+    emb = embed_ecgs(loaded.model, batches(), device=loaded.device, progress=progress, total=total)
+    return EmbeddedShards(emb.numpy(), keys, metas)
+
+
+def task_split(shards: EmbeddedShards, task: Task, where: str = "") -> EmbeddedSplit:
+    """``task``'s split from embedded shards: the samples labelled for the task, their 0/1 targets; the
+    others are counted as ``n_unlabelled``. ``ValueError`` if no sample is labelled for the task."""
+    rows, index = [], []
+    for i, (key, meta) in enumerate(zip(shards.keys, shards.metas)):
+        labels = task.labels(meta)
+        if labels is not None:
+            rows.append(target_row(task, labels, key))
+            index.append(i)
+    if not index:
+        raise ValueError(
+            f"task {task.name}: no sample of {where or 'the shards'} has labels[{task.label_key!r}]"
+        )
+    return EmbeddedSplit(
+        shards.embeddings[index],
+        np.stack(rows),
+        [shards.keys[i] for i in index],
+        task.class_names,
+        len(shards.keys) - len(index),
     )
-    if not keys:
-        raise ValueError(f"task {task.name}: no sample of {urls} has labels[{task.label_key!r}]")
-    return EmbeddedSplit(emb.numpy(), np.stack(rows), keys, task.class_names, skipped[0])
+
+
+def embed_split(
+    loaded: LoadedModel, task: Task, split: str, batch_size: int = 64, progress: bool = True
+) -> EmbeddedSplit:
+    """Embed ``task``'s ``split`` afresh (no memo, no cache) and keep the samples labelled for the task."""
+    urls = task.urls(split)
+    shards = embed_shards(loaded, urls, batch_size, f"{task.name} {split}" if progress else False)
+    return task_split(shards, task, str(urls))
+
+
+_SHA256: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 of a file's bytes (read in 1 MiB blocks; remembered per path, size and mtime)."""
+    st = os.stat(path)
+    ident = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if ident not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[ident] = h.hexdigest()
+    return _SHA256[ident]
+
+
+def shard_files(urls: str | Sequence[str]) -> list[tuple[str, int, int]]:
+    """``(real path, size, mtime_ns)`` of every shard of ``urls``: the identity of a shard set."""
+    from ..ecgdata.reader import expand_urls
+
+    out = []
+    for u in expand_urls(urls):
+        st = os.stat(u)
+        out.append((os.path.realpath(u), st.st_size, st.st_mtime_ns))
+    return out
+
+
+def shards_cache_key(
+    loaded: LoadedModel, urls: str | Sequence[str], files: list[tuple[str, int, int]] | None = None
+) -> str | None:
+    """Key of an embedding cache entry: checkpoint hash + model + shard files (path, size, mtime), the same
+    for every task reading those shards; ``None`` without a checkpoint (random weights are not reproducible)."""
+    if loaded.checkpoint is None:
+        return None
+    spec = {
+        "format": "shards-v2",
+        "checkpoint_sha256": file_sha256(loaded.checkpoint),
+        "model": loaded.name,
+        "shards": shard_files(urls) if files is None else files,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def cache_key(loaded: LoadedModel, task: Task, split: str) -> str | None:
-    """Key of an embedding cache entry: checkpoint hash + model + task (label key, classes) + split shards
-    (path, size, mtime); ``None`` for a model without a checkpoint (random weights are not reproducible)."""
-    if loaded.checkpoint is None:
-        return None
-    from ..ecgdata.reader import expand_urls
+    """:func:`shards_cache_key` of ``task``'s ``split`` shards (the task itself is not part of the key)."""
+    return shards_cache_key(loaded, task.urls(split))
 
-    shards = [(u, os.path.getsize(u), os.stat(u).st_mtime_ns) for u in expand_urls(task.urls(split))]
-    spec = {
-        "checkpoint_sha256": file_sha256(loaded.checkpoint),
-        "model": loaded.name,
-        "task": task.name,
-        "label_key": task.label_key,
-        "classes": list(task.class_names),
-        "split": split,
-        "shards": shards,
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+# Embedded shard sets per live model (dropped with the model): same files again -> no second pass.
+_MEMO: weakref.WeakKeyDictionary[torch.nn.Module, dict[str, EmbeddedShards]] = weakref.WeakKeyDictionary()
+
+
+def clear_memo() -> None:
+    """Forget the in-process embeddings of :func:`cached_shards`."""
+    _MEMO.clear()
+
+
+def cached_shards(
+    loaded: LoadedModel,
+    urls: str | Sequence[str],
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    progress: bool | str = True,
+) -> EmbeddedShards:
+    """:func:`embed_shards`, once per (model, shard files) in this process, and read from / written to
+    ``cache_dir`` (one atomic ``.npz`` per checkpoint x shard set, no pickles) when given."""
+    from ..ecgdata.shards import atomic_write_bytes
+
+    files = shard_files(urls)
+    memo = _MEMO.setdefault(loaded.model, {})
+    ident = json.dumps(files)
+    if ident in memo:
+        return memo[ident]
+    key = shards_cache_key(loaded, urls, files) if cache_dir else None
+    path = Path(cache_dir) / f"{Path(files[0][0]).stem if files else 'empty'}-{key}.npz" if key else None
+    if path is not None and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            out = EmbeddedShards(
+                z["embeddings"], [str(k) for k in z["keys"]], json.loads(str(z["metas"][()]))
+            )
+    else:
+        out = embed_shards(loaded, urls, batch_size, progress)
+        if path is not None:
+            buf = io.BytesIO()
+            np.savez(
+                buf,
+                embeddings=out.embeddings,
+                keys=np.array(out.keys, dtype=str),
+                metas=np.array(json.dumps(out.metas)),
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, buf.getvalue())
+    memo[ident] = out
+    return out
 
 
 def cached_split(
@@ -144,34 +253,10 @@ def cached_split(
     batch_size: int = 64,
     progress: bool = True,
 ) -> EmbeddedSplit:
-    """:func:`embed_split`, read from / written to ``cache_dir`` (an atomic ``.npz``, no pickles) when given."""
-    from ..ecgdata.shards import atomic_write_bytes
-
-    key = cache_key(loaded, task, split) if cache_dir else None
-    if key is None:
-        return embed_split(loaded, task, split, batch_size, progress)
-    path = Path(cache_dir) / f"{task.name}-{split}-{key}.npz"
-    if path.is_file():
-        with np.load(path, allow_pickle=False) as z:
-            return EmbeddedSplit(
-                z["embeddings"],
-                z["targets"],
-                [str(k) for k in z["keys"]],
-                task.class_names,
-                int(z["n_unlabelled"]),
-            )
-    out = embed_split(loaded, task, split, batch_size, progress)
-    buf = io.BytesIO()
-    np.savez(
-        buf,
-        embeddings=out.embeddings,
-        targets=out.targets,
-        keys=np.array(out.keys, dtype=str),
-        n_unlabelled=np.array(out.n_unlabelled),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return out
+    """``task``'s ``split`` from :func:`cached_shards`: tasks reading the same shards share one embedding."""
+    urls = task.urls(split)
+    shards = cached_shards(loaded, urls, cache_dir, batch_size, f"embed {split}" if progress else False)
+    return task_split(shards, task, str(urls))
 
 
 # ---------------------------------------------------------------------------------------------- prompts
