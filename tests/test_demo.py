@@ -125,11 +125,17 @@ def test_demo_table_takes_each_column_from_its_rows():
     )
 
 
-@pytest.mark.slow
 def test_fast_demo_end_to_end(tmp_path, capsys):
+    """``fgclep demo --fast`` from nothing (corpus included): every stage runs and leaves what it promises."""
     out = tmp_path / "demo"
-    assert demo.main(["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]) == 0
+    argv = ["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]
+    assert demo.main(argv) == 0
+    log = capsys.readouterr().out
+    stages = ("stage1", "stage2-validated", "stage2-unvalidated", *(f"stage3-{k}" for k in demo.RUNS), "eval")
+    for stage in stages:
+        assert f"[{stage}] running ..." in log and f"[{stage}] finished in" in log, stage
     res = json.loads((out / "results.json").read_text())
+    assert set(res["checkpoints"]) == set(demo.COLUMNS)
     for label, ck in res["checkpoints"].items():
         assert Path(ck).stat().st_size > 1e6, label
     # augmented shards: validated ones keep fewer features than the keep-all control, and some are kept
@@ -137,19 +143,33 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     assert 0 < kept["validated"] < kept["unvalidated"]
     shard = min((out / "stage2-validated").glob("train-*.tar"))
     with tarfile.open(shard) as tf:
-        metas = [json.load(tf.extractfile(m)) for m in tf.getmembers() if m.name.endswith(".json")]
-    assert any(m.get("stage2", {}).get("kept") for m in metas)
+        names = tf.getnames()
+        metas = {n: json.load(tf.extractfile(n)) for n in names if n.endswith(".json")}
+        texts = {n: tf.extractfile(n).read().decode() for n in names if n.endswith(".txt")}
+    n_kept = 0
+    for name, meta in metas.items():
+        kept_texts = [c["text"] for c in meta.get("stage2", {}).get("candidates", []) if c["kept"]]
+        report = texts[name[: -len(".json")] + ".txt"]
+        assert all(t in report for t in kept_texts), name  # every kept feature is in the training text
+        n_kept += len(kept_texts)
+    assert n_kept / len(metas) == pytest.approx(kept["validated"], abs=0.5)
     table = {line["measure"]: line for line in res["table"]}
+    for measure, line in table.items():
+        for col in demo.COLUMNS:
+            cell = line.get(col)
+            if isinstance(cell, dict) and cell.get("value") is not None and "AUC" in measure:
+                assert 0.0 <= cell["value"] <= 1.0, (measure, col)
     for col in demo.COLUMNS:
-        v = table["synth-diagnosis zero-shot macro AUC (templates)"][col]["value"]
-        assert 0.0 <= v <= 1.0
+        cell = table["synth-diagnosis zero-shot macro AUC (templates)"][col]
+        low, high = cell["interval"]
+        assert 0.3 < cell["value"] < 1.0 and low <= cell["value"] <= high, col
     assert table["ludb-rhythm zero-shot macro AUC (ens)"]["FG-CLEP"]["value"] > 0
     assert sorted(json.loads(p.read_text())["digest"] for p in (out / ".demo").glob("*.json"))
     assert list((out / "figures").rglob("*.png"))
-    assert "| measure |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| measure |" in md and "Stage-1 learning curve" in md
     # a re-run resumes every stage
-    capsys.readouterr()
-    assert demo.main(["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]) == 0
+    assert demo.main(argv) == 0
     assert "stages run now: none" in capsys.readouterr().out
 
 

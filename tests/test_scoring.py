@@ -52,3 +52,26 @@ def test_embeddings_match_direct_encoding_and_repeats_share_rows():
     p = pair_probability(cos, 10.0, -10.0)
     np.testing.assert_allclose(p.numpy(), 1 / (1 + np.exp(-(10 * ref - 10))), atol=1e-6)
     np.testing.assert_allclose(pair_probability(ref, 10.0, -10.0), p.numpy(), atol=1e-6)
+
+
+def test_hf_text_tower_encodes_trimmed_padding_to_the_same_embeddings():
+    import open_clip
+
+    import fgclep_plugin
+    from fgclep_plugin.model.scoring import trim_padding
+
+    fgclep_plugin.register()
+    name = "FGCLEP-ResNet1d18-MiniLM"
+    model = open_clip.create_model(name).eval()
+    tok = open_clip.get_tokenizer(name)
+    texts = ["sinus rhythm", "left bundle branch block with wide QRS complex", "T wave inversion in V1", "x"]
+    full = tok(texts)
+    trimmed = trim_padding(full, model)
+    longest = int((full != 0).sum(1).max())  # BERT pads with 0; every sequence is shorter than the context
+    assert trimmed.shape == (4, longest) < full.shape and torch.equal(trimmed, full[:, :longest])
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(model.encode_text(full), dim=-1)
+    torch.testing.assert_close(embed_texts(model, tok, texts, batch_size=3), direct, atol=1e-5, rtol=1e-5)
+    # a tower that does not mask padding (open_clip's own transformer) gets its tokens unchanged
+    tiny, _, tiny_tok = _tiny()
+    assert torch.equal(trim_padding(tiny_tok(texts), tiny), tiny_tok(texts))

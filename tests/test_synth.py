@@ -240,12 +240,12 @@ def test_clinical_plot_draws_by_lead_name(tmp_path):
     plt.close("all")
 
 
-def test_corpus_is_byte_identical_across_runs(tmp_path):
+def test_corpus_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     from fgclep_plugin.synth.corpus import ensure_synth_corpus
 
     sizes = {"train": 6, "val": 0, "test": 2}
     a = ensure_synth_corpus(tmp_path / "a", sizes=sizes, seed=4, maxcount=4)
-    b = ensure_synth_corpus(tmp_path / "b", sizes=sizes, seed=4, maxcount=4)
+    b = ensure_synth_corpus(tmp_path / "b", sizes=sizes, seed=4, maxcount=4, workers=2)
     assert set(a) == set(b) == {"train", "test"}
     for split in a:
         for k in range(2 if split == "train" else 1):

@@ -34,6 +34,8 @@ def machine() -> dict[str, Any]:
     """CPU model, cores, torch threads and versions, load average (the machine may be shared)."""
     import open_clip
 
+    from ..training.precision import native_bf16
+
     cpu = platform.processor() or "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,6 +49,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "cores_usable": affinity,
+        "native_bf16": native_bf16("cpu"),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "open_clip": open_clip.__version__,

@@ -111,6 +111,19 @@ def embed_ecgs(
     return _encode_all(encode, model, batches, autocast, _bar(progress, total, "ecg"))
 
 
+def trim_padding(tokens: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``tokens [B, context]`` without the trailing columns that are padding in every row, where the text
+    tower masks padding (Hugging Face towers: the same embeddings, up to float rounding); else unchanged."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    pad = getattr(getattr(text, "config", None), "pad_token_id", None)
+    if not isinstance(text, HFTextEncoder) or pad is None or tokens.ndim != 2 or tokens.shape[1] == 0:
+        return tokens
+    used = (tokens != pad).any(dim=0).nonzero()
+    return tokens[:, : int(used.max()) + 1 if len(used) else 1]
+
+
 def embed_texts(
     model: torch.nn.Module,
     tokenizer: Callable,
@@ -121,12 +134,12 @@ def embed_texts(
     progress: bool | str = False,
 ) -> torch.Tensor:
     """L2-normalised text embeddings ``[len(texts), D]`` (float32, CPU). Each distinct text is encoded once
-    (repeats share its row), in batches of ``batch_size``."""
-    unique = list(dict.fromkeys(texts))
+    (repeats share its row), in batches of ``batch_size`` of similar length, trimmed of common padding."""
+    unique = sorted(dict.fromkeys(texts), key=len)
     chunks = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
 
     def encode(chunk: list[str]) -> torch.Tensor:
-        return model.encode_text(tokenizer(chunk).to(device), normalize=True)
+        return model.encode_text(trim_padding(tokenizer(chunk), model).to(device), normalize=True)
 
     table = _encode_all(encode, model, chunks, autocast, _bar(progress, len(unique), "text"))
     index = {t: i for i, t in enumerate(unique)}
