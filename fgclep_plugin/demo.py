@@ -260,7 +260,7 @@ class Stages:
 # ---------------------------------------------------------------------------------------------------------
 # The three stages and the evaluation.
 
-FAST = {  # --fast: about 3 minutes on 2 free cores (the test of the whole demo)
+FAST = {  # --fast: about 6 minutes on 2 free cores, corpus included (the test of the whole demo)
     "epochs": 3,
     "train_samples": 640,
     "stage3_epochs": 1,
@@ -632,7 +632,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="candidate features: kb (offline knowledge base), vllm:<model dir>, openai:<server url>",
     )
     g.add_argument("--llm-model", default=None, help="openai: the served model name")
-    g.add_argument("--fast", action="store_true", help="small settings (about 3 minutes; the demo's test)")
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="small settings (about 6 minutes; the demo's test: too short to learn)",
+    )
     g.add_argument("--rule", default="quantile", choices=("quantile", "cosine", "paper"), help="stage-2 rule")
     g.add_argument("--calib-size", type=int, default=500, help="reference ECGs of the quantile rule")
     g.add_argument("--stage3-shards", type=int, default=2, help="training shards (500 ECGs each) augmented")

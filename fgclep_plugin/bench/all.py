@@ -52,7 +52,8 @@ def describe_machine() -> str:
             pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
-        f"CPU: {m['cpu']} (native bf16: {'yes' if m['native_bf16'] else 'no'}); {m['cores']} cores ({m['cores_usable']} usable), torch threads {m['torch_threads']}; "
+        f"CPU: {m['cpu']} (native bf16: {'yes' if m['native_bf16'] else 'no'}); {m['cores']} cores "
+        f"({m['cores_usable']} usable), torch threads {m['torch_threads']}; "
         f"load average {load}\npython {m['python']}, torch {m['torch']}, open_clip {m['open_clip']}, "
         f"{', '.join(libs)}; {m['platform']}"
     )
