@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from typing import Any
 
+from .cliargs import (  # noqa: F401  (HelpFormatter, add_model_arguments: re-exported for older imports)
+    HelpFormatter,
+    add_model_arguments,
+    add_out_argument,
+    add_quiet_argument,
+    add_summary_json_argument,
+    add_version_argument,
+    add_workers_argument,
+    check_data,
+    parse_option,
+)
+from .defaults import MIN_SECONDS
+
+_parse_option = parse_option  # the older private name
 # Modules that contribute subcommands through ``add_cli(subparsers)``.
 SUBCOMMAND_MODULES = (
     "fgclep_plugin.synth.cli",
@@ -22,30 +34,6 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.evaluate.retrieval",
     "fgclep_plugin.evaluate.figures",
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every subcommand's help: defaults shown, descriptions and epilogs printed as written."""
-
-
-def add_model_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
-    """``--data SHARDS --model NAME --checkpoint CKPT``: what every command that embeds a shard set takes."""
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--model", required=True, help="model config name, e.g. FGCLEP-ResNet1d18-MiniLM")
-    p.add_argument(
-        "--checkpoint", default=None, help="open_clip checkpoint (without it: the initial, untrained weights)"
-    )
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--option takes key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    return key.strip().replace("-", "_"), parsed
 
 
 def _parse_range(text: str) -> slice:
@@ -111,12 +99,12 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", choices=sorted(SOURCES), help="dataset reader")
     p.add_argument("--root", required=True, help="dataset folder (as downloaded from PhysioNet)")
-    p.add_argument("--out", required=True, help="shard pattern, e.g. shards/ptbxl/ptbxl-train-%%06d.tar")
+    add_out_argument(p, "shard pattern, e.g. shards/ptbxl/ptbxl-train-%%06d.tar")
     p.add_argument("--maxcount", type=int, default=1000, help="ECGs per shard")
-    p.add_argument("--workers", type=int, default=1, help="parallel reader processes")
+    add_workers_argument(p)
     p.add_argument(
         "--option",
-        type=_parse_option,
+        type=parse_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -130,15 +118,17 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         help="convert only items START..END-1 of the source's sorted item list",
     )
     p.add_argument("--limit", type=int, default=None, help="convert only the first N items")
-    p.add_argument("--min-seconds", type=float, default=8.0, help="reject records shorter than this")
+    p.add_argument(
+        "--min-seconds", type=float, default=MIN_SECONDS, help="reject records shorter than this (s)"
+    )
     p.add_argument(
         "--crop", choices=["start", "center"], default="start", help="which 10 s of longer records"
     )
     p.add_argument(
         "--max-nan-gap", type=float, default=0.1, help="longest NaN run (s) repaired by interpolation"
     )
-    p.add_argument("--summary-json", default=None, help="also write the summary to this JSON file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_summary_json_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run_shards)
 
 
@@ -157,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FG-CLEP for open_clip: convert ECG datasets to shards, generate the synthetic corpus, "
         "train (python -m fgclep_plugin.train under accelerate launch), evaluate.",
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_shards(sub)
     _add_sources(sub)
@@ -172,15 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fgclep`` console command."""
+    """Entry point of the ``fgclep`` console command: exit status 0, 1 on a runtime error (one line on stderr
+    naming the file or record), 2 on a usage error (argparse)."""
     args = build_parser().parse_args(argv)
+    check_data(args)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         if os.environ.get("FGCLEP_DEBUG"):
             raise
         print(f"fgclep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

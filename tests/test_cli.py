@@ -84,10 +84,10 @@ def _fgclep(*args: str) -> subprocess.CompletedProcess:
 
 def test_readable_errors(tmp_path):
     r = _fgclep("shards", "ludb", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "x.tar"))
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert "fgclep shards: error: ludb: root" in r.stderr and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr
-    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", str(tmp_path / "x.tar")]) == 2
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", str(tmp_path / "x.tar")]) == 1
     r = _fgclep(
         "shards",
         "ludb",
@@ -98,9 +98,9 @@ def test_readable_errors(tmp_path):
         "--option",
         "colour=blue",
     )
-    assert r.returncode == 2 and "has no option(s) colour" in r.stderr
+    assert r.returncode == 1 and "has no option(s) colour" in r.stderr
     out = str(tmp_path / "y-%06d.tar")
-    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--limit", "-1"]) == 2
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--limit", "-1"]) == 1
     assert not (tmp_path / "sizes.json").exists()  # not the first N-1 records, silently
 
 
@@ -198,15 +198,15 @@ def test_bench_shards_runs_on_a_source_with_rejected_records(capsys):
         except RejectError:
             pass
     assert 0 < n < 12 and f"records: {n} converted of 12" in out and "speed-up (b)/(a)" in out
-    assert main([*args, "--limit", "2"]) == 2  # nothing converts: a clear error, not a division by zero
+    assert main([*args, "--limit", "2"]) == 1  # nothing converts: a clear error, not a division by zero
     assert "no record of code15" in capsys.readouterr().err
 
 
 def test_a_root_without_records_is_an_error_not_an_empty_shard(tmp_path, capsys):
     out = str(tmp_path / "csn-%06d.tar")
-    assert main(["shards", "csn", "--root", str(DATA / "label_maps"), "--out", out, "--quiet"]) == 2
+    assert main(["shards", "csn", "--root", str(DATA / "label_maps"), "--out", out, "--quiet"]) == 1
     assert "csn: no records to convert under" in capsys.readouterr().err and not list(tmp_path.iterdir())
-    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--range", "300:400"]) == 2
+    assert main(["shards", "ludb", "--root", str(DATA / "ludb"), "--out", out, "--range", "300:400"]) == 1
 
 
 def test_shards_fail_when_a_reader_bug_rejects_records(tmp_path, monkeypatch, capsys):

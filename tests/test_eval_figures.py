@@ -82,7 +82,8 @@ def test_figure_pngs_have_the_stated_pixel_size(tmp_path):
 
 def test_figures_cli_on_ludb(tmp_path, capsys):
     out = tmp_path / "eval"
-    argv = ["figures", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--label-key", "Rhythms"]
+    argv = ["figures", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--checkpoint", "none"]
+    argv += ["--label-key", "Rhythms"]
     argv += ["--normal-class", "Sinus rhythm", "--batch", "8", "--out", str(out), "--dpi", "30", "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -354,7 +354,7 @@ def test_cli_with_kb_backend(tmp_path, capsys):
     assert main([*argv, "--quiet"]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["calls_made"] == 0 and "0 LLM calls made, 7 cached" in out.err
-    assert main([*argv[:-2], "--backend", "openai"]) == 2
+    assert main([*argv[:-2], "--backend", "openai"]) == 1
     assert "--backend openai needs --base-url" in capsys.readouterr().err
 
 
