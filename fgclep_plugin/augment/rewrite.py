@@ -83,12 +83,20 @@ def augmented_text(report: str, kept: Sequence[str]) -> str:
 
 def read_shard(url: str) -> Iterator[tuple[str, dict[str, Any] | RejectError]]:
     """(key, decoded sample) per sample of a shard, or (key, RejectError) for a sample that cannot be decoded;
-    a shard unreadable from some point on ends with one ``unreadable-shard-rest`` reject."""
-    n = 0
+    a shard unreadable from some point on ends with one ``unreadable-shard-rest`` reject; a second sample under a
+    key already seen is a ``duplicate-key`` reject (listed as ``KEY#N``, its position in the shard)."""
+    n, seen = 0, set()
     try:
         for raw in iter_raw(url):
             n += 1
             key = str(raw.get("__key__", f"#{n}"))
+            if key in seen:
+                yield (
+                    f"{key}#{n}",
+                    RejectError("duplicate-key", f"{url}: sample {n} repeats key {key}; the first one is kept"),
+                )
+                continue
+            seen.add(key)
             try:
                 yield key, decode_sample(raw)
             except Exception as e:  # noqa: BLE001  any member problem: this sample only

@@ -83,24 +83,38 @@ def _octal(field: bytes) -> int:
     return int(field or b"0", 8)
 
 
+class TruncatedShard(ValueError):
+    """A tar that ends inside a member or a header; ``name`` is the member being read (None if its header is
+    cut before the name)."""
+
+    def __init__(self, message: str, name: str | None):
+        super().__init__(message)
+        self.name = name
+
+
 def iter_tar(stream: BinaryIO, where: str = "") -> Iterator[tuple[str, bytes]]:
     """Stream (name, content) of the regular files in an uncompressed tar, in order.
 
     A small ustar/pax/GNU header walker: ~3x faster than :mod:`tarfile` in streaming mode for shards of
-    many small members, and it works on pipes.
+    many small members, and it works on pipes. A tar cut inside a header or a member raises
+    :class:`TruncatedShard` after every member before it was given.
     """
     long_name: str | None = None
     while True:
         header = stream.read(512)
-        if len(header) < 512 or header == b"\0" * 512:
+        if not header or header == b"\0" * 512:
             return
+        if len(header) < 512:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace") if len(header) >= 100 else None
+            raise TruncatedShard(f"{where}: truncated tar (cut inside the header of {name or 'a member'})", name)
         if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
             raise ValueError(f"{where}: corrupt tar header (bad checksum); is this a shard?")
         size = _octal(header[124:136])
         kind = header[156:157]
         data = stream.read(size)
         if len(data) < size:
-            raise ValueError(f"{where}: truncated tar member")
+            name = long_name or header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+            raise TruncatedShard(f"{where}: truncated tar member {name} ({len(data)} of {size} bytes)", name)
         stream.read(-size % 512)
         if kind in (b"x", b"L"):
             if kind == b"L":
@@ -123,23 +137,47 @@ def iter_tar(stream: BinaryIO, where: str = "") -> Iterator[tuple[str, bytes]]:
         yield name, data
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """``dir/key.suffix.more`` -> (``dir/key``, ``suffix.more``): webdataset's key is up to the first dot of the
+    base name."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    return (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
+
+
 def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
-    """Stream raw samples (member suffix -> bytes) from tar shards in order, grouping members by key."""
+    """Stream raw samples (member suffix -> bytes) from tar shards in order, grouping members by key.
+
+    Two samples under one key are given apart, never merged: a suffix seen twice starts a new sample. A shard
+    cut short gives every sample completed before the cut (a sample is complete when the member after it
+    belongs to another key) and then raises :class:`TruncatedShard` naming the shard.
+    """
     for url in expand_urls(urls):
         stream, proc = _open(url)
         complete = False
         try:
             current: dict[str, Any] | None = None
-            for name, data in iter_tar(stream, url):
-                slash = name.rfind("/")
-                dot = name.find(".", slash + 1)
-                key, suffix = (name, "") if dot < 0 else (name[:dot], name[dot + 1 :])
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": url}
-                current[suffix] = data
+            try:
+                for name, data in iter_tar(stream, url):
+                    key, suffix = _split_name(name)
+                    if current is not None and (current["__key__"] != key or suffix in current):
+                        yield current
+                        current = None
+                    if current is None:
+                        current = {"__key__": key, "__url__": url}
+                    current[suffix] = data
+            except TruncatedShard as e:
+                # the sample being read is whole when the cut member is another sample's (same suffix again:
+                # another sample under the same key)
+                if current is not None:
+                    if e.name is None:  # the cut header's name is lost: an ECG sample with every member is whole
+                        whole = {"npy", "txt", "json"} <= set(current)
+                    else:
+                        key, suffix = _split_name(e.name)
+                        whole = key != current["__key__"] or suffix in current
+                    if whole:
+                        yield current
+                raise
             if current is not None:
                 yield current
             complete = True

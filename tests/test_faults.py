@@ -1,0 +1,200 @@
+"""Hostile input against every command: each bad item becomes a reject or a recorded failure naming its file or
+record, the run goes on, no traceback reaches the user, and the counts add up (in = out + rejects).
+
+Real inputs only: the repository's LUDB shards, WFDB records of the shared data folder, shards written by the
+project's own writer, and a bounded local HTTP server playing a hostile OpenAI-compatible LLM server.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from fgclep_plugin.ecgdata.reader import iter_raw
+
+ROOT = Path(__file__).resolve().parents[1]
+LUDB_SHARD = ROOT / "shards" / "ludb" / "ludb-test-000000.tar"
+
+
+# --- shard builders ------------------------------------------------------------------------------------------
+
+
+def _members(shard: Path = LUDB_SHARD, samples: int | None = None) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the members of the first ``samples`` samples of a shard, in order."""
+    out, keys = [], []
+    with tarfile.open(shard) as tar:
+        for m in tar:
+            key = m.name.split(".", 1)[0]
+            if key not in keys:
+                if samples is not None and len(keys) == samples:
+                    break
+                keys.append(key)
+            out.append((m.name, tar.extractfile(m).read()))
+    return out
+
+
+def _tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _member_end(members: list[tuple[str, bytes]], n: int) -> int:
+    """Byte offset in ``_tar_bytes(members)`` just after the first ``n`` members."""
+    return sum(512 + -(-len(d) // 512) * 512 for _, d in members[:n])
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# --- the shard reader ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cut, complete",
+    [
+        ("after-3-samples-mid-4th-member", 3),  # the 4th sample's first member is cut
+        ("after-1-sample-mid-2nd-member", 1),
+        ("mid-header-after-3", 3),  # a header cut in half is not the end of the archive
+        ("mid-name-after-3", 3),  # ... even when the cut hides the next member's name
+        ("mid-3rd-sample-json", 2),  # the 3rd sample lost its json: incomplete, not yielded
+    ],
+)
+def test_truncated_shard_yields_every_complete_sample(tmp_path, cut, complete):
+    members = _members(samples=5)
+    data = _tar_bytes(members)
+    ends = {
+        "after-3-samples-mid-4th-member": _member_end(members, 9) + 512 + 100,
+        "after-1-sample-mid-2nd-member": _member_end(members, 3) + 512 + 10,
+        "mid-header-after-3": _member_end(members, 9) + 300,
+        "mid-name-after-3": _member_end(members, 9) + 5,
+        "mid-3rd-sample-json": _member_end(members, 8) + 512 + 5,
+    }
+    shard = _write(tmp_path / "cut-000000.tar", data[: ends[cut]])
+    got = []
+    with pytest.raises(ValueError, match=r"cut-000000\.tar.*truncated"):
+        for raw in iter_raw(str(shard)):
+            got.append(raw)
+    want = [n.split(".")[0] for n, _ in members][::3][:complete]
+    assert [g["__key__"] for g in got] == want
+    assert all({"npy", "txt", "json"} <= set(g) for g in got)
+
+
+def test_duplicate_key_in_one_shard_is_kept_apart(tmp_path):
+    m = _members(samples=3)  # a.npy a.json a.txt b.* c.*
+    a, b, c = m[0:3], m[3:6], m[6:9]
+    renamed_c = [(n.replace(c[0][0].split(".")[0], a[0][0].split(".")[0]), d) for n, d in c]
+    # adjacent repeat (a, a) and a repeat after another sample (a, b, a)
+    shard = _write(tmp_path / "dup-000000.tar", _tar_bytes(a + renamed_c + b + renamed_c))
+    got = list(iter_raw(str(shard)))
+    assert len(got) == 4
+    txt = [next(d for n, d in part if n.endswith(".txt")) for part in (a, c, b, c)]
+    npy = [next(d for n, d in part if n.endswith(".npy")) for part in (a, c, b, c)]
+    assert [g["txt"] for g in got] == txt and [g["npy"] for g in got] == npy
+
+
+# --- the commands, in process --------------------------------------------------------------------------------
+
+MODEL = "FGCLEP-Tiny"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> str:
+    """A fixed FGCLEP-Tiny state dict: every augment run of this file validates with the same weights."""
+    import torch
+
+    from fgclep_plugin.model.scoring import load_model
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = load_model(MODEL)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(lm.model.state_dict(), path)
+    return str(path)
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``fgclep ARGV`` run in this process; warnings are part of stderr."""
+    from fgclep_plugin.cli import main
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    out, err = capsys.readouterr()
+    err += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+    assert "Traceback" not in out + err, err
+    return rc, out, err
+
+
+def _augment(capsys, tmp_path: Path, data: Path | str, ckpt: str, *extra: str) -> tuple[int, str, str]:
+    return _cli(
+        capsys, "augment", "--data", str(data), "--out", str(tmp_path / "aug" / "a-%06d.tar"),
+        "--cache", str(tmp_path / "cache"), "--model", MODEL, "--checkpoint", ckpt, "--quiet",
+        "--calib-size", "4", "--summary-json", str(tmp_path / "aug-summary.json"), *extra,
+    )  # fmt: skip
+
+
+def _rejects(tmp_path: Path) -> list[dict]:
+    path = tmp_path / "aug" / "a.rejects.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _out_keys(tmp_path: Path) -> list[str]:
+    return [r["__key__"] for p in sorted((tmp_path / "aug").glob("a-*.tar")) for r in iter_raw(str(p))]
+
+
+def test_augment_keeps_every_complete_sample_of_a_truncated_shard(capsys, tmp_path, ckpt):
+    members = _members(samples=5)
+    shard = _write(tmp_path / "in" / "cut-000000.tar", _tar_bytes(members)[: _member_end(members, 9) + 700])
+    rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
+    assert rc == 0, err
+    assert _out_keys(tmp_path) == [n.split(".")[0] for n, _ in members[:9:3]]
+    (rej,) = _rejects(tmp_path)
+    assert rej["reason"] == "unreadable-shard-rest" and "cut-000000.tar" in rej["message"]
+    assert json.loads((tmp_path / "aug-summary.json").read_text())["samples"] == 3
+
+
+def test_augment_rejects_a_repeated_key_instead_of_merging(capsys, tmp_path, ckpt):
+    m = _members(samples=3)
+    a, b, c = m[0:3], m[3:6], m[6:9]
+    key_a, key_c = a[0][0].split(".")[0], c[0][0].split(".")[0]
+    shard = _write(
+        tmp_path / "in" / "dup-000000.tar",
+        _tar_bytes(a + b + [(n.replace(key_c, key_a), d) for n, d in c]),
+    )
+    rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
+    assert rc == 0, err
+    out = {r["__key__"]: r for r in iter_raw(str(tmp_path / "aug" / "a-000000.tar"))}
+    assert list(out) == [key_a, b[0][0].split(".")[0]]
+    assert out[key_a]["npy"] == a[0][1]  # the first sample's ECG ...
+    assert json.loads(out[key_a]["json"])["stage2"]["report"] == a[1][1].decode()  # ... with its own report
+    (rej,) = _rejects(tmp_path)
+    assert rej["reason"] == "duplicate-key" and key_a in rej["message"] and "dup-000000.tar" in rej["message"]
+
+
+def test_features_generate_reads_every_complete_sample_of_a_truncated_shard(capsys, tmp_path):
+    members = _members(samples=5)
+    shard = _write(tmp_path / "in" / "cut-000000.tar", _tar_bytes(members)[: _member_end(members, 9) + 700])
+    rc, out, err = _cli(
+        capsys, "features", "generate", "--data", str(shard), "--cache", str(tmp_path / "c"), "--backend", "kb",
+        "--quiet",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["samples"] == 3 and "cut-000000.tar" in err
