@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 import tarfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -86,8 +86,7 @@ def test_truncated_shard_yields_every_complete_sample(tmp_path, cut, complete):
     shard = _write(tmp_path / "cut-000000.tar", data[: ends[cut]])
     got = []
     with pytest.raises(ValueError, match=r"cut-000000\.tar.*truncated"):
-        for raw in iter_raw(str(shard)):
-            got.append(raw)
+        got.extend(iter_raw(str(shard)))
     want = [n.split(".")[0] for n, _ in members][::3][:complete]
     assert [g["__key__"] for g in got] == want
     assert all({"npy", "txt", "json"} <= set(g) for g in got)

@@ -106,7 +106,9 @@ def iter_tar(stream: BinaryIO, where: str = "") -> Iterator[tuple[str, bytes]]:
             return
         if len(header) < 512:
             name = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace") if len(header) >= 100 else None
-            raise TruncatedShard(f"{where}: truncated tar (cut inside the header of {name or 'a member'})", name)
+            raise TruncatedShard(
+                f"{where}: truncated tar (cut inside the header of {name or 'a member'})", name
+            )
         if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
             raise ValueError(f"{where}: corrupt tar header (bad checksum); is this a shard?")
         size = _octal(header[124:136])
@@ -170,7 +172,7 @@ def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
                 # the sample being read is whole when the cut member is another sample's (same suffix again:
                 # another sample under the same key)
                 if current is not None:
-                    if e.name is None:  # the cut header's name is lost: an ECG sample with every member is whole
+                    if e.name is None:  # the cut hid the name: an ECG sample with every member is whole
                         whole = {"npy", "txt", "json"} <= set(current)
                     else:
                         key, suffix = _split_name(e.name)
