@@ -144,7 +144,9 @@ def add_batch_size_argument(
     """``--batch-size``; ``batch_alias`` keeps an older ``--batch`` spelling working (hidden from help)."""
     p.add_argument("--batch-size", type=int, default=default, help=help)
     if batch_alias:
-        p.add_argument("--batch", type=int, dest="batch_size", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument(
+            "--batch", type=int, dest="batch_size", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        )
 
 
 def add_device_argument(p: argparse.ArgumentParser, default: str = "cpu") -> None:

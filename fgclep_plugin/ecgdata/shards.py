@@ -33,6 +33,8 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
+from . import manifest as manifests
+from .atomic import atomic_write_bytes, atomic_write_json
 from .ecg import LEADS, N_SAMPLES, canonicalize
 from .records import CanonicalSample, EcgRecord, RejectError
 
@@ -48,17 +50,6 @@ class Source(Protocol):
     def items(self) -> list: ...
 
     def load(self, item: Any) -> EcgRecord | CanonicalSample: ...
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: readers never see a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 @contextmanager
@@ -84,11 +75,6 @@ def exclusive_lock(path: str | Path, what: str, log: Callable[[str], None] | Non
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
 
 
 def encode_sample(key: str, ecg: np.ndarray, text: str, meta: dict[str, Any]) -> dict[str, bytes]:
@@ -279,16 +265,11 @@ def write_shards(
                 stale.unlink()  # partial shards of an interrupted run: never visible under a final name
 
         manifest = _manifest(source, items, maxcount, canon_opts)
-        manifest_path = state_dir / f"{name}.manifest.json"
-        if manifest_path.exists():
-            old = json.loads(manifest_path.read_text())
-            if old != json.loads(json.dumps(manifest)):
-                raise RuntimeError(
-                    f"{out_dir} already holds shards '{name}' written from different input or settings "
-                    f"({manifest_path}); choose another --out or delete them"
-                )
-        else:
-            atomic_write_json(manifest_path, manifest)
+        manifests.claim(
+            state_dir / f"{name}.manifest.json",
+            manifest,
+            f"{out_dir} already holds shards '{name}' written from different input or settings",
+        )
 
         jobs = []
         for k in range(n_shards):
