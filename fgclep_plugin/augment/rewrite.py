@@ -30,6 +30,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..cliargs import (
+    HelpFormatter,
+    add_data_argument,
+    add_model_arguments,
+    add_out_argument,
+    add_quiet_argument,
+    add_summary_json_argument,
+)
+from ..ecgdata import manifest as manifests
 from ..ecgdata.reader import decode_sample, expand_urls, iter_raw
 from ..ecgdata.records import CanonicalSample, RejectError
 from ..ecgdata.shards import (
@@ -431,8 +440,7 @@ def run_augment(
     manifest = {
         "inputs": urls,
         "model": model,
-        "checkpoint": None if checkpoint is None else os.path.abspath(checkpoint),
-        "checkpoint_bytes": None if checkpoint is None else os.path.getsize(checkpoint),
+        "checkpoint": manifests.checkpoint_id(checkpoint),
         "rule": cfg.describe(),
         "quantile": cfg.quantile,
         "calib_size": calib_size,
@@ -442,16 +450,7 @@ def run_augment(
     }
     mpath = state_dir / f"{name}.augment-manifest.json"
     with exclusive_lock(state_dir / f"{name}.augment-manifest.lock", str(mpath), log):
-        if mpath.exists():
-            old = json.loads(mpath.read_text())
-            if old != manifest:
-                diff = sorted(k for k in manifest if old.get(k) != manifest[k])
-                raise RuntimeError(
-                    f"{out_dir} holds stage-2 shards '{name}' made with other settings ({', '.join(diff)}); "
-                    "choose another --out or delete them"
-                )
-        else:
-            atomic_write_json(mpath, manifest)
+        manifests.claim(mpath, manifest, f"{out_dir} holds stage-2 shards '{name}' made with other settings")
     mine = [k for k in range(len(urls)) if k % n == index]
     pending = [
         k
@@ -570,7 +569,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"fgclep augment: error: {e}", file=sys.stderr)
-        return 2
+        return 1
     print(format_augment_summary(s))
     if args.summary_json:
         atomic_write_json(args.summary_json, s)
@@ -579,8 +578,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register ``fgclep augment``."""
-    from ..cli import HelpFormatter
-
     p = sub.add_parser(
         "augment",
         help="stage 2: keep the candidate features the stage-1 model finds in each ECG; write new shards",
@@ -590,11 +587,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "--cache cands --checkpoint runs/demo/checkpoints/epoch_8.pt --out aug/train-%06d.tar\n"
         "  (the paper's rule: --rule paper)",
     )
-    p.add_argument("--data", required=True, help="input shards (brace ranges, '::' joins)")
-    p.add_argument("--out", required=True, help="output shard pattern, e.g. aug/train-%%06d.tar")
+    add_data_argument(p, "input shards (brace ranges, '::' joins)")
+    add_out_argument(p, "output shard pattern, e.g. aug/train-%%06d.tar")
     p.add_argument("--cache", required=True, help="candidate cache folder (fgclep features generate)")
-    p.add_argument("--checkpoint", default=None, help="stage-1 open_clip checkpoint")
-    p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM", help="open_clip model config")
+    add_model_arguments(p)  # the stage-1 model: --model, --checkpoint (required; 'none' = random weights)
     p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE, help="decision rule")
     p.add_argument("--paper-threshold", type=float, default=PAPER_THRESHOLD, help="paper rule: probability")
     p.add_argument("--cosine-threshold", type=float, default=COSINE_THRESHOLD, help="cosine rule: threshold")
@@ -605,6 +601,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-version", default=PROMPT_VERSION, help="prompt identity in the cache")
     p.add_argument("--num-shards", type=int, default=None, help="processes (default: WORLD_SIZE or 1)")
     p.add_argument("--shard-index", type=int, default=None, help="this process (default: RANK or 0)")
-    p.add_argument("--summary-json", default=None, help="also write the summary here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_summary_json_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run)
