@@ -50,7 +50,7 @@ from ..ecgdata.shards import (
     out_pattern_to_brace,
     write_one_shard,
 )
-from . import knowledge
+from . import knowledge, oracle
 from .cache import CandidateCache, load_entries
 from .text import PROMPT_VERSION, normalise_report, report_key
 from .validate import (
@@ -283,8 +283,13 @@ def _process_shard(
     calib: Calibration,
     cfg: RuleConfig,
     provenance: dict[str, Any],
+    candidates: str = "cache",
+    move_rng: np.random.Generator | None = None,
 ) -> list[tuple[str, CanonicalSample | RejectError]]:
-    """Score and rewrite one input shard in memory: (key, rewritten sample or reject) in input order."""
+    """Score and rewrite one input shard in memory: (key, rewritten sample or reject) in input order.
+
+    ``candidates="truth"``: each sample's candidates are its present features the report does not state
+    (perfect features); ``move_rng``: the kept lists are moved to other samples of the shard (wrong features)."""
     entries: list[tuple[str, Any]] = []
     good: list[tuple[int, dict[str, Any], torch.Tensor]] = []
     for key, s in read_shard(url):
@@ -300,8 +305,12 @@ def _process_shard(
         good.append((len(entries) - 1, s, x))
     reports = [normalise_report(s["text"]) for _, s, _ in good]
     keys = [report_key(r) for r in reports]
-    got = cands.get(dict(zip(keys, reports)))
-    cand_lists = [got[k] for k in keys]
+    where = [f"{url}: sample {s['__key__']}" for _, s, _ in good]
+    if candidates == "truth":
+        cand_lists = [oracle.perfect_features(s["meta"], s["text"], w) for (_, s, _), w in zip(good, where)]
+    else:
+        got = cands.get(dict(zip(keys, reports)))
+        cand_lists = [got[k] for k in keys]
     # reference ECGs of the calibration are already embedded: encode only the others
     ref = [calib.rows.get(f"{Path(url).name}/{s['__key__']}") for _, s, _ in good]
     fresh = ecg_embeddings(lm, [x for (_, _, x), r in zip(good, ref) if r is None])
@@ -316,9 +325,14 @@ def _process_shard(
     flat = [c for cl in cand_lists for c in cl]
     thr_all = calib.threshold(flat)
     thr = np.array([t.get(cfg.quantile, np.nan) for t in thr_all], dtype=np.float64)
-    kept = decide(scores.cos, scores.prob, thr, cfg)
+    truth = None
+    if cfg.rule == "oracle":
+        truth = [t for (_, s, _), cl, w in zip(good, cand_lists, where)
+                 for t in oracle.candidate_truth(s["meta"], s["text"], cl, w)]  # fmt: skip
+    kept = decide(scores.cos, scores.prob, thr, cfg, truth)
     pos = 0
-    for (slot, s, _), cl in zip(good, cand_lists):
+    all_rows = []
+    for cl in cand_lists:
         rows = []
         for c in cl:
             rows.append(
@@ -333,6 +347,10 @@ def _process_shard(
                 }
             )
             pos += 1
+        all_rows.append(rows)
+    donors = list(range(len(good))) if move_rng is None else oracle.derangement(len(good), move_rng)
+    for (slot, s, _), d in zip(good, donors):
+        rows = all_rows[d]  # with --move-kept: another sample's candidates and decisions
         keep_texts = [r["text"] for r in rows if r["kept"]]
         meta = dict(s["meta"])
         meta["stage2"] = {
@@ -342,6 +360,8 @@ def _process_shard(
             "candidates": rows,
             **provenance,
         }
+        if move_rng is not None:
+            meta["stage2"]["moved_from"] = good[d][1]["__key__"]
         key = s["__key__"]
         entries[slot] = (key, CanonicalSample(key, s["ecg"], augmented_text(s["text"], keep_texts), meta))
     return entries
@@ -381,6 +401,9 @@ def summarise(
             prob = np.array([c["prob"] for c in cands], dtype=np.float64)
             rule_sets = {}
             for r in rules:
+                if r.rule == "oracle":  # decided from the truth when written: the stored decisions
+                    rule_sets[r.describe()] = [bool(c["kept"]) for c in cands]
+                    continue
                 thr = np.array([(c.get("thresholds") or {}).get(f"{r.quantile:g}", np.nan) for c in cands])
                 rule_sets[r.describe()] = list(decide(cos, prob, thr.astype(np.float64), r))
             tally.add(meta, s2.get("report", ""), cands, rule_sets)
@@ -414,8 +437,14 @@ def run_augment(
     n: int = 1,
     progress: bool = True,
     log=print,
+    candidates: str = "cache",
+    move_kept: int | None = None,
 ) -> dict[str, Any]:
-    """Rewrite this process's input shards (``index`` of ``n``) into ``out % k``; returns the summary."""
+    """Rewrite this process's input shards (``index`` of ``n``) into ``out % k``; returns the summary.
+
+    ``candidates``: ``"cache"`` (proposed features) or ``"truth"`` (every present feature the report does not
+    state); ``move_kept``: seed of the derangement moving each shard's kept lists to other ECGs (the oracle arms,
+    :mod:`fgclep_plugin.augment.oracle`)."""
     from ..model.scoring import load_model
 
     t0 = time.time()
@@ -448,6 +477,17 @@ def run_augment(
         "llm_model": llm_model,
         "prompt_version": prompt_version,
     }
+    if candidates not in ("cache", "truth"):
+        raise ValueError(f"--candidates must be cache or truth, got {candidates!r}")
+    if candidates != "cache":  # only when set: manifests of earlier runs stay valid
+        manifest["candidates"] = candidates
+    if move_kept is not None:
+        manifest["move_kept"] = move_kept
+    if cfg.rule == "oracle" or candidates == "truth":  # refuse data without ground truth before any work
+        for key, s in read_shard(urls[0]):
+            if not isinstance(s, RejectError):
+                oracle.perfect_features(s["meta"], s["text"], f"{urls[0]}: sample {key}")
+                break
     mpath = state_dir / f"{name}.augment-manifest.json"
     with exclusive_lock(state_dir / f"{name}.augment-manifest.lock", str(mpath), log):
         manifests.claim(mpath, manifest, f"{out_dir} holds stage-2 shards '{name}' made with other settings")
@@ -472,7 +512,8 @@ def run_augment(
         provenance = {"model": model, "checkpoint": checkpoint, "backend": backend, "llm_model": llm_model}
         bar = tqdm(total=len(pending), unit="shard", desc="augment", disable=not progress)
         for k in pending:
-            entries = _process_shard(urls[k], lm, texts, cands, calib, cfg, provenance)
+            rng = None if move_kept is None else np.random.default_rng([move_kept, k])
+            entries = _process_shard(urls[k], lm, texts, cands, calib, cfg, provenance, candidates, rng)
             src = PreparedShard(entries)
             state = write_one_shard(src, src.items(), outs[k], str(state_dir / f"{Path(outs[k]).name}.json"))
             stats["written"] += state["count"]
@@ -566,6 +607,8 @@ def run(args: argparse.Namespace) -> int:
             n=n,
             progress=not args.quiet,
             log=(lambda m: print(m, file=sys.stderr)),
+            candidates=args.candidates,
+            move_kept=args.move_kept,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"fgclep augment: error: {e}", file=sys.stderr)
@@ -601,6 +644,21 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-version", default=PROMPT_VERSION, help="prompt identity in the cache")
     p.add_argument("--num-shards", type=int, default=None, help="processes (default: WORLD_SIZE or 1)")
     p.add_argument("--shard-index", type=int, default=None, help="this process (default: RANK or 0)")
+    p.add_argument(
+        "--candidates",
+        choices=("cache", "truth"),
+        default="cache",
+        help="cache: the proposed features; truth: every present feature the report omits (synthetic data; "
+        "with --rule oracle the perfect-features arm)",
+    )
+    p.add_argument(
+        "--move-kept",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="move each ECG's kept list to another ECG of its shard (seeded derangement): the wrong-features "
+        "control",
+    )
     add_summary_json_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)

@@ -29,7 +29,7 @@ import torch
 from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, pair_cosines, pair_probability
 from . import knowledge
 
-RULES = ("quantile", "cosine", "paper")
+RULES = ("quantile", "cosine", "paper", "oracle")  # oracle: ground truth (augment/oracle.py)
 DEFAULT_RULE = "quantile"
 PAPER_THRESHOLD = 0.95
 COSINE_THRESHOLD = 0.3
@@ -59,11 +59,24 @@ class RuleConfig:
             return f"paper p>{self.paper_threshold:g}"
         if self.rule == "cosine":
             return f"cosine>{self.cosine_threshold:g}"
+        if self.rule == "oracle":
+            return "oracle (ground truth)"
         return f"quantile q={self.quantile:g}"
 
 
-def decide(cos: np.ndarray, prob: np.ndarray, threshold: np.ndarray | None, cfg: RuleConfig) -> np.ndarray:
-    """Keep (bool) per pair under ``cfg``; ``threshold`` is each pair's calibrated cosine threshold."""
+def decide(
+    cos: np.ndarray,
+    prob: np.ndarray,
+    threshold: np.ndarray | None,
+    cfg: RuleConfig,
+    truth: np.ndarray | None = None,
+) -> np.ndarray:
+    """Keep (bool) per pair under ``cfg``; ``threshold`` is each pair's calibrated cosine threshold, ``truth``
+    whether each pair's feature is present (the oracle rule keeps exactly those)."""
+    if cfg.rule == "oracle":
+        if truth is None:
+            raise ValueError("the oracle rule needs the ground truth of every candidate")
+        return np.asarray(truth, dtype=bool)
     if cfg.rule == "paper":
         return np.asarray(prob) > cfg.paper_threshold
     if cfg.rule == "cosine":
