@@ -405,3 +405,29 @@ def test_the_readme_recipe_chains():
         shards.update(_shard_glob(o) for o in _option(w, "--out"))
     assert checkpoints, "the README shows no training command with --logs, --name and --epochs"
     assert not problems, "\n".join(problems)
+
+
+# --- links ---------------------------------------------------------------------------------------------------
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_point_to_files_and_headings():
+    problems = []
+    for page in PAGES:
+        for n, line in enumerate(page.read_text().splitlines(), 1):
+            for target in re.findall(r"\]\(([^)\s]+)\)", line):
+                if re.match(r"[a-z]+:", target):
+                    continue
+                path, _, anchor = target.partition("#")
+                file = (page.parent / path).resolve() if path else page
+                if not file.exists():
+                    problems.append(f"{page.relative_to(ROOT)}:{n}: {target}: no such file")
+                elif anchor and file.suffix == ".md":
+                    slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", file.read_text(), flags=re.MULTILINE)}
+                    if anchor not in slugs:
+                        problems.append(f"{page.relative_to(ROOT)}:{n}: {target}: no heading #{anchor}")
+    assert not problems, "broken links:\n" + "\n".join(problems)
