@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -352,35 +353,30 @@ def stage3_input(urls: dict[str, str], shards: int) -> str:
 
 def evaluate_all(args: argparse.Namespace, ckpts: dict[str, Path]) -> list[dict[str, Any]]:
     """Zero-shot rows for every checkpoint and task, linear-probe rows for CLEP and FG-CLEP."""
-    from .evaluate.cli import evaluate
+    from .evaluate import EvalSettings, evaluate
 
-    base = {
-        "model": args.model,
-        "merl_data": "shards/merl",
-        "ludb_data": args.ludb_data,
-        "synth_data": args.root,
-        "out": str(Path(args.out) / "eval"),
-        "cache": None,
-        "no_cache": False,
-        "bootstrap": args.bootstrap,
-        "seed": args.seed,
-        "batch_size": 64,
-        "device": "cpu",
-        "quiet": True,
-        "prompt_set": ["templates", "ens"],
-        "fractions": [1.0, 100.0],
-        "repeats": 1,
-        "merl_selection": False,
-        "epochs": args.probe_epochs,
-        "figures": False,
-    }
-    zs = argparse.Namespace(**base, checkpoint=[f"{k}={v}" for k, v in ckpts.items()], task=list(ZS_TASKS))
+    zs = EvalSettings(
+        checkpoints={k: str(v) for k, v in ckpts.items()},
+        tasks=ZS_TASKS,
+        protocols=("zeroshot",),
+        model=args.model,
+        ludb_data=args.ludb_data,
+        synth_data=args.root,
+        cache=str(Path(args.out) / "eval" / "embeddings"),
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        progress=False,
+        prompt_sets=("templates", "ens"),
+        fractions=(1.0, 100.0),
+        repeats=1,
+        probe_epochs=args.probe_epochs,
+    )
     print(f"[eval] zero-shot: {len(ckpts)} checkpoints x {len(ZS_TASKS)} tasks ...", flush=True)
-    rows = evaluate(zs, ("zeroshot",))
-    main = {k: v for k, v in ckpts.items() if k in ("CLEP", "FG-CLEP")}
-    lin = argparse.Namespace(**base, checkpoint=[f"{k}={v}" for k, v in main.items()], task=list(PROBE_TASKS))
+    rows = evaluate(zs)
+    main = {k: v for k, v in zs.checkpoints.items() if k in ("CLEP", "FG-CLEP")}
+    lin = replace(zs, checkpoints=main, tasks=PROBE_TASKS, protocols=("linear",))
     print(f"[eval] linear probe: {len(main)} checkpoints x {len(PROBE_TASKS)} tasks ...", flush=True)
-    rows += evaluate(lin, ("linear",))
+    rows += evaluate(lin)
     return rows
 
 

@@ -3,7 +3,6 @@ MERL's CKEPE strings, the bootstrap interval, and results.json / results.md over
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -16,8 +15,7 @@ from sklearn.metrics import roc_auc_score
 from fgclep_plugin.cli import main
 from fgclep_plugin.ecgdata.ecg import LEADS
 from fgclep_plugin.ecgdata.reader import iter_samples
-from fgclep_plugin.evaluate import zeroshot
-from fgclep_plugin.evaluate.cli import evaluate
+from fgclep_plugin.evaluate import EvalSettings, evaluate, zeroshot
 from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, Task, get_task
 from fgclep_plugin.evaluate.zeroshot import (
     bootstrap_interval,
@@ -140,22 +138,20 @@ def test_evaluate_embeds_each_checkpoint_once_for_two_tasks_without_a_cache(
 
     monkeypatch.setattr(zeroshot, "embed_ecgs", counting)
     zeroshot.clear_memo()
-    args = argparse.Namespace(
+    settings = EvalSettings(
         model=MODEL,
-        checkpoint=[f"A={checkpoints[0]}", f"B={checkpoints[1]}"],
-        task=["ludb-rhythm", "ludb-axis"],
+        checkpoints={"A": checkpoints[0], "B": checkpoints[1]},
+        tasks=["ludb-rhythm", "ludb-axis"],
         ludb_data=str(LUDB_SHARDS),
-        out=str(tmp_path),
         cache=None,
-        no_cache=True,
         bootstrap=0,
         seed=0,
         batch_size=64,
         device="cpu",
-        quiet=True,
-        prompt_set=["templates"],
+        progress=False,
+        prompt_sets=["templates"],
     )
-    rows = evaluate(args, ("zeroshot",))
+    rows = evaluate(settings)
     assert passes == [50, 50]  # one pass of the 50 test ECGs per checkpoint, shared by both tasks
     assert [(r["checkpoint_label"], r["task"]) for r in rows] == [
         ("A", "ludb-rhythm"),

@@ -8,7 +8,24 @@
   selection, labelled as such).
 - :mod:`.retrieval`, :mod:`.figures`: text -> ECG / ECG -> report retrieval, t-SNE and similarity figures.
 - :mod:`.results`: ``results.json`` + ``results.md`` over several checkpoints.
+- :mod:`.api`: :class:`EvalSettings` and :func:`evaluate`, what ``fgclep eval`` and the demo call.
 - :mod:`.cli`: ``fgclep eval build | tasks | zeroshot | linear | all``.
 
 Every embedding goes through :mod:`fgclep_plugin.model.scoring`.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["EvalSettings", "evaluate"]
+
+
+def __getattr__(name: str) -> Any:
+    """``EvalSettings`` and ``evaluate`` from :mod:`.api`, imported on first use: the API imports torch and
+    open_clip, and the ``fgclep`` command imports this package to build its parser (start-up time)."""
+    if name in __all__:
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

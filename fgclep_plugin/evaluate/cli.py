@@ -6,9 +6,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS
+from ..cliargs import (
+    HelpFormatter,
+    add_batch_size_argument,
+    add_device_argument,
+    add_model_arguments,
+    add_out_argument,
+    add_quiet_argument,
+    add_seed_argument,
+    add_workers_argument,
+    parse_option,
+)
+from ..defaults import LUDB_DATA, MERL_DATA, MIN_SECONDS, SYNTH_DATA
+from .tasks import ALL_TASKS, MERL_DATASETS
 
 EXAMPLES = """examples:
   fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
@@ -29,13 +40,6 @@ def parse_checkpoint(text: str) -> tuple[str, str | None]:
     p = Path(text)
     run = p.parent.parent.name if p.parent.name == "checkpoints" else p.parent.name
     return (f"{run}/{p.stem}" if run else p.stem), text
-
-
-def task_data(args: argparse.Namespace, name: str) -> str:
-    """The shard folder of task ``name`` from ``--merl-data`` / ``--ludb-data`` / ``--synth-data``."""
-    if name in MERL_TASKS:
-        return args.merl_data
-    return args.ludb_data if name in LUDB_TASKS else args.synth_data
 
 
 def run_build(args: argparse.Namespace) -> int:
@@ -64,12 +68,13 @@ def run_tasks(args: argparse.Namespace) -> int:
     """``fgclep eval tasks``: every task, its classes and whether its shards are present."""
     from .tasks import get_task
 
+    folders = {"merl": args.merl_data, "ludb": args.ludb_data, "synth": args.synth_data}
     for name in ALL_TASKS:
         if name.startswith("synth") and not (Path(args.synth_data) / "test").is_dir():
             print(f"{name}: synthetic corpus not generated yet ({args.synth_data}; generated on first use)")
             continue
         try:
-            task = get_task(name, task_data(args, name))
+            task = get_task(name, folders[task_family(name)])
         except FileNotFoundError as e:
             print(f"{name}: not built ({e})")
             continue
@@ -77,66 +82,55 @@ def run_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate(args: argparse.Namespace, protocols: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows of every (checkpoint, task, protocol) asked for."""
-    import torch
+# EvalSettings field -> option of the linear-probe subcommands (zeroshot leaves the settings' defaults)
+LINEAR_OPTIONS = {
+    "fractions": "fractions",
+    "repeats": "repeats",
+    "probe_epochs": "epochs",
+    "merl_selection": "merl_selection",
+}
 
-    from ..model.scoring import load_model
-    from .linear import linear_probe
-    from .tasks import get_task
-    from .zeroshot import cached_split, zero_shot_results
 
-    cache = None if args.no_cache else (args.cache or str(Path(args.out) / "embeddings"))
-    tasks = [get_task(name, task_data(args, name)) for name in args.task]
-    rows: list[dict[str, Any]] = []
-    for label, checkpoint in map(parse_checkpoint, args.checkpoint):
-        torch.manual_seed(args.seed)  # a checkpoint-less model: the same random weights every run
-        loaded = load_model(args.model, checkpoint, device=args.device)
-        for task in tasks:
-            base = {
-                "model": args.model,
-                "checkpoint": checkpoint,
-                "checkpoint_label": label,
-                "task": task.name,
-            }
-            emb = {"test": cached_split(loaded, task, "test", cache, args.batch_size, not args.quiet)}
-            if "zeroshot" in protocols:
-                for row in zero_shot_results(
-                    loaded, task, emb["test"], args.prompt_set, args.bootstrap, args.seed
-                ):
-                    rows.append({**base, **row})
-            if "linear" in protocols:
-                for split in ("train", "val"):
-                    emb[split] = cached_split(loaded, task, split, cache, args.batch_size, not args.quiet)
-                results = linear_probe(
-                    emb["train"],
-                    emb["val"],
-                    emb["test"],
-                    fractions=args.fractions,
-                    repeats=args.repeats,
-                    merl_selection=args.merl_selection,
-                    epochs=args.epochs,
-                    bootstrap=args.bootstrap,
-                    seed=args.seed,
-                    progress=not args.quiet,
-                )
-                rows.extend({**base, **row} for row in results)
-            if getattr(args, "figures", False):
-                from .figures import make_figures  # t-SNE and similarity heat maps (fgclep figures)
+def task_family(name: str) -> str:
+    """``merl``, ``ludb`` or ``synth``: which data folder task ``name`` reads."""
+    from .tasks import LUDB_TASKS, MERL_TASKS
 
-                folder = Path(args.out) / "figures" / label.replace("/", "_") / task.name
-                make_figures(loaded, task.urls("test"), folder, task.label_key, progress=not args.quiet)
-    return rows
+    return "merl" if name in MERL_TASKS else "ludb" if name in LUDB_TASKS else "synth"
+
+
+def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]):
+    """The :class:`~.api.EvalSettings` of a parsed ``fgclep eval zeroshot | linear | all`` command line."""
+    from .api import EvalSettings  # imports torch and open_clip: start-up time of the fgclep command
+
+    return EvalSettings(
+        checkpoints=dict(map(parse_checkpoint, args.checkpoint)),
+        tasks=args.task,
+        protocols=protocols,
+        model=args.model,
+        merl_data=args.merl_data,
+        ludb_data=args.ludb_data,
+        synth_data=args.synth_data,
+        cache=None if args.no_cache else (args.cache or str(Path(args.out) / "embeddings")),
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.quiet,
+        prompt_sets=args.prompt_set,
+        figures=str(Path(args.out) / "figures") if args.figures else None,
+        **{field: getattr(args, name) for field, name in LINEAR_OPTIONS.items() if hasattr(args, name)},
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """``fgclep eval zeroshot | linear | all``: evaluate, write results.json + results.md, print the table."""
+    from .api import evaluate  # imports torch and open_clip: start-up time of the fgclep command
     from .results import format_markdown, write_results
 
     protocols = {"zeroshot": ("zeroshot",), "linear": ("linear",), "all": ("zeroshot", "linear")}[
         args.eval_command
     ]
-    rows = evaluate(args, protocols)
+    rows = evaluate(settings_from_args(args, protocols))
     meta = {
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "fgclep " + " ".join(sys.argv[1:])
@@ -153,29 +147,27 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_folders(p: argparse.ArgumentParser) -> None:
+    """Where the task shards live: ``--merl-data``, ``--ludb-data``, ``--synth-data``."""
+    p.add_argument("--merl-data", default=MERL_DATA, help="folder given to `fgclep eval build --out`")
+    p.add_argument("--ludb-data", default=LUDB_DATA, help="the LUDB shards")
+    p.add_argument("--synth-data", default=SYNTH_DATA, help="the synthetic corpus (generated if missing)")
+
+
 def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) -> None:
-    p.add_argument("--model", required=True, help="open_clip model config, e.g. FGCLEP-ResNet1d18-MiniLM")
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        required=True,
-        metavar="[LABEL=]CKPT",
-        help="checkpoint (repeatable: CLEP and FG-CLEP side by side); 'none' = random weights",
-    )
+    add_model_arguments(p, multiple=True)
     p.add_argument("--task", action="append", required=True, choices=ALL_TASKS, help="task (repeatable)")
-    p.add_argument("--merl-data", default="shards/merl", help="folder given to `fgclep eval build --out`")
-    p.add_argument("--ludb-data", default="shards/ludb", help="the LUDB shards")
-    p.add_argument("--synth-data", default="data/synth", help="the synthetic corpus (generated if missing)")
-    p.add_argument("--out", default="runs/eval", help="folder of results.json / results.md")
+    _add_data_folders(p)
+    add_out_argument(p, "folder of results.json / results.md", default="runs/eval")
     p.add_argument("--cache", default=None, help="embedding cache folder (default OUT/embeddings)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples of the test records (0: none)"
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap, subsets and heads")
-    p.add_argument("--batch-size", type=int, default=64, help="ECGs per encoder batch")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_seed_argument(p, "seed of the bootstrap, subsets and heads")
+    add_batch_size_argument(p, 64, "ECGs per encoder batch")
+    add_device_argument(p)
+    add_quiet_argument(p)
     if zeroshot:
         p.add_argument(
             "--prompt-set",
@@ -192,6 +184,8 @@ def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) 
             action="store_true",
             help="also draw the t-SNE and similarity figures into OUT/figures/",
         )
+    else:
+        p.set_defaults(figures=False)
     if linear:
         p.add_argument(
             "--fractions", type=float, nargs="+", default=[1.0, 10.0, 100.0], help="%% of train labels"
@@ -208,8 +202,6 @@ def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fgclep eval``."""
-    from ..cli import HelpFormatter, _parse_option
-
     p = subparsers.add_parser(
         "eval",
         help="evaluate checkpoints: MERL benchmark tasks, zero-shot (templates / CKEPE / ENS), linear probe",
@@ -237,25 +229,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="folder with merl_splits/, dataset_class_names.json and CKEPE_prompt.json (from the MERL repo)",
     )
-    b.add_argument("--out", default="shards/merl", help="shards go to OUT/DATASET/")
+    add_out_argument(b, "shards go to OUT/DATASET/", default=MERL_DATA)
     b.add_argument(
         "--option",
-        type=_parse_option,
+        type=parse_option,
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="reader option, e.g. rate=100 for PTB-XL's records100 (default 500, as MERL)",
     )
     b.add_argument("--maxcount", type=int, default=1000, help="ECGs per shard")
-    b.add_argument("--workers", type=int, default=1, help="parallel reader processes")
-    b.add_argument("--min-seconds", type=float, default=5.0, help="reject records shorter than this")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_workers_argument(b)
+    b.add_argument(
+        "--min-seconds", type=float, default=MIN_SECONDS, help="reject records shorter than this (s)"
+    )
+    add_quiet_argument(b)
     b.set_defaults(func=run_build)
 
     t = sub.add_parser("tasks", help="list the tasks", formatter_class=HelpFormatter)
-    t.add_argument("--merl-data", default="shards/merl")
-    t.add_argument("--ludb-data", default="shards/ludb")
-    t.add_argument("--synth-data", default="data/synth")
+    _add_data_folders(t)
     t.set_defaults(func=run_tasks)
 
     for name, helptext, lin, zs in (
