@@ -1,7 +1,7 @@
 """FG-CLEP as a plugin for open_clip.
 
 ``import fgclep_plugin`` is cheap: it does not import torch or open_clip. It registers the plugin with
-open_clip (model configs, ECG tower, ECG transforms, offline tokenizers; see ``fgclep_plugin.training.hooks``) as
+open_clip (model configs, ECG tower, ECG transforms, offline tokenizers; see ``fgclep_plugin.model.registry``) as
 soon as open_clip is imported, or at once if open_clip already is. ``register()`` does it explicitly.
 """
 
@@ -16,7 +16,8 @@ __all__ = ["register"]
 
 def register() -> None:
     """Register the plugin with open_clip (idempotent; imports open_clip)."""
-    from .training.hooks import register as _register
+    # imported here: it imports open_clip, and ``import fgclep_plugin`` stays cheap
+    from .model.registry import register as _register
 
     _register()
 
@@ -37,8 +38,8 @@ class _RegisterAfterOpenClipImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module) -> None:
             exec_module(module)
-            hooks = sys.modules.get(f"{__name__}.training.hooks")
-            if hooks is None or hasattr(hooks, "register"):  # not mid-import of the hooks module itself
+            registry = sys.modules.get(f"{__name__}.model.registry")
+            if registry is None or hasattr(registry, "register"):  # not mid-import of the registry itself
                 register()
 
         loader.exec_module = exec_then_register

@@ -99,6 +99,14 @@ def plugin_parser() -> argparse.ArgumentParser:
         "(N processes then see the same global batches as one)",
     )
     g.add_argument(
+        "--ecg-feature-injection",
+        choices=("append", "caption", "multi-positive"),
+        default="append",
+        help="how stage-2 features enter training: appended to the report (txt as written, default), each "
+        "kept feature as a caption of its own drawn with the report, or every kept feature an extra positive "
+        "of its ECG in the sigmoid loss (one process)",
+    )
+    g.add_argument(
         "--loss-log",
         default=None,
         help="append one row per optimiser step of process r to <path>-rank<r>.jsonl: open_clip's epoch "

@@ -20,7 +20,7 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> str:
     """FGCLEP-Tiny with seeded random weights, saved as a state dict (loads with ``weights_only=True``)."""
     import open_clip
 
-    from fgclep_plugin.training.hooks import register
+    from fgclep_plugin.model.registry import register
 
     register()
     torch.manual_seed(seed)

@@ -22,8 +22,8 @@ from train_helpers import LUDB_TEST, LUDB_ZEROSHOT, tiny_run_argv
 
 import fgclep_plugin  # noqa: F401  (registers the FGCLEP model configs)
 from fgclep_plugin.ecgdata.reader import iter_samples
+from fgclep_plugin.model.registry import register
 from fgclep_plugin.train import accelerate_cpu_command
-from fgclep_plugin.training.hooks import register
 
 GLOBAL_BATCH = 16
 

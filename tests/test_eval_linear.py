@@ -18,6 +18,7 @@ from fgclep_plugin.evaluate import zeroshot
 from fgclep_plugin.evaluate.linear import MERL_SELECTION, VAL_SELECTION, probe_fraction, subset
 from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, get_task
 from fgclep_plugin.evaluate.zeroshot import EmbeddedSplit, cache_key, cached_split, embed_split
+from fgclep_plugin.model import scoring
 from fgclep_plugin.model.scoring import load_model
 
 
@@ -84,14 +85,14 @@ def test_subsets_ours_seeded_merls_train_test_split():
 def embed_counter(monkeypatch):
     """Counts the passes through ``embed_ecgs`` (as the evaluation calls it) and the ECGs they embed."""
     calls: list[int] = []
-    real = zeroshot.embed_ecgs
+    real = scoring.embed_ecgs
 
     def counting(*args, **kwargs):
         out = real(*args, **kwargs)
         calls.append(len(out))
         return out
 
-    monkeypatch.setattr(zeroshot, "embed_ecgs", counting)
+    monkeypatch.setattr(scoring, "embed_ecgs", counting)
     zeroshot.clear_memo()
     yield calls
     zeroshot.clear_memo()

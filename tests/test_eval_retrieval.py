@@ -73,7 +73,7 @@ def test_duplicate_reports_all_count_as_hits():
 def _tiny_checkpoint(path: Path) -> str:
     import open_clip
 
-    from fgclep_plugin.training.hooks import register
+    from fgclep_plugin.model.registry import register
 
     register()
     torch.manual_seed(1)

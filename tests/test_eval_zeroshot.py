@@ -24,8 +24,9 @@ from fgclep_plugin.evaluate.zeroshot import (
     ens_scores,
     rank_auc,
 )
-from fgclep_plugin.training.hooks import register
-from fgclep_plugin.training.zeroshot import ECG_TEMPLATES
+from fgclep_plugin.model import scoring
+from fgclep_plugin.model.registry import register
+from fgclep_plugin.model.zeroshot import ECG_TEMPLATES
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +130,14 @@ def test_evaluate_embeds_each_checkpoint_once_for_two_tasks_without_a_cache(
     checkpoints, tmp_path, monkeypatch
 ):
     passes: list[int] = []
-    real = zeroshot.embed_ecgs
+    real = scoring.embed_ecgs
 
     def counting(*args, **kwargs):
         out = real(*args, **kwargs)
         passes.append(len(out))
         return out
 
-    monkeypatch.setattr(zeroshot, "embed_ecgs", counting)
+    monkeypatch.setattr(scoring, "embed_ecgs", counting)
     zeroshot.clear_memo()
     settings = EvalSettings(
         model=MODEL,

@@ -16,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import open_clip
 
 import fgclep_plugin
+from fgclep_plugin.model.registry import config_dir, resolve_package_path
 from fgclep_plugin.model.tower import EcgTower
 from fgclep_plugin.model.transform import EcgTransform
-from fgclep_plugin.training.hooks import config_dir, resolve_package_path
 
 REPORTS = [
     "sinus rhythm. normal ecg.",
@@ -159,6 +159,7 @@ def test_paper_config_fields_and_ecg_tower():
     [
         "import fgclep_plugin",
         "import fgclep_plugin.training.hooks",
+        "import fgclep_plugin.model.registry",
         "import fgclep_plugin.model.loss",
         "import open_clip; import fgclep_plugin",
     ],
@@ -169,8 +170,8 @@ def test_registration_does_not_depend_on_import_order(first_import):
     code = (
         f"{first_import}\nimport open_clip\n"
         "assert 'FGCLEP-Tiny' in open_clip.list_models()\n"
-        "assert open_clip.model._build_vision_tower.__module__ == 'fgclep_plugin.training.hooks'\n"
-        "assert open_clip.create_model_and_transforms.__module__ == 'fgclep_plugin.training.hooks'\n"
+        "assert open_clip.model._build_vision_tower.__module__ == 'fgclep_plugin.model.registry'\n"
+        "assert open_clip.create_model_and_transforms.__module__ == 'fgclep_plugin.model.registry'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 

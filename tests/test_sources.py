@@ -14,12 +14,12 @@ import wfdb
 from sources_helpers import DATA, REAL_FOLDERS
 
 from fgclep_plugin.ecgdata.ecg import LEADS, canonicalize
+from fgclep_plugin.ecgdata.labels import labels_from_meta
 from fgclep_plugin.ecgdata.records import RejectError
 from fgclep_plugin.ecgdata.sources import SOURCES, make_source, source_options_help
 from fgclep_plugin.ecgdata.sources.challenge import ChallengeSource
 from fgclep_plugin.ecgdata.sources.ptbxl import parse_scp_codes
 from fgclep_plugin.ecgdata.sources.snomed import PACKAGED_TABLE, build_table, load_names
-from fgclep_plugin.training.zeroshot import labels_from_meta
 
 FOLDERS = REAL_FOLDERS
 

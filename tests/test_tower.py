@@ -109,7 +109,7 @@ def test_resnet1d50_computes_the_same_function_as_the_reference(layout):
 
 
 def _paper_vision_cfg() -> tuple[int, dict]:
-    from fgclep_plugin.training.hooks import config_dir
+    from fgclep_plugin.model.registry import config_dir
 
     raw = json.loads((config_dir() / "FGCLEP-ResNet1d50-BioClinicalBERT.json").read_text())
     return raw["embed_dim"], raw["vision_cfg"]
@@ -136,7 +136,7 @@ def test_paper_config_tower_is_the_merl_resnet1d50():
 
 @pytest.mark.parametrize(("name", "steps"), [("FGCLEP-ResNet1d18-MiniLM", 79), ("FGCLEP-Tiny", 79)])
 def test_small_configs_keep_the_torchvision_layout(name, steps):
-    from fgclep_plugin.training.hooks import config_dir
+    from fgclep_plugin.model.registry import config_dir
 
     raw = json.loads((config_dir() / f"{name}.json").read_text())
     tower = build_ecg_tower(raw["embed_dim"], raw["vision_cfg"]).eval()

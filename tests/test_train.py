@@ -15,8 +15,9 @@ import torch
 from train_helpers import LUDB_TEST, LUDB_ZEROSHOT, tiny_run_argv
 
 from fgclep_plugin.ecgdata.reader import iter_samples
+from fgclep_plugin.model.registry import register
 from fgclep_plugin.train import main, split_argv
-from fgclep_plugin.training.hooks import register, training_hooks
+from fgclep_plugin.training.hooks import training_hooks
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""ECG zero-shot AUC (fgclep_plugin.training.zeroshot)."""
+"""ECG zero-shot AUC (fgclep_plugin.model.zeroshot) and training's zero-shot hook (fgclep_plugin.training.zeroshot)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,10 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from fgclep_plugin.training.hooks import register
-from fgclep_plugin.training.zeroshot import (
-    DATA_KEY,
-    ECG_TEMPLATES,
-    ZeroShotData,
-    ecg_zero_shot_eval,
-    get_zero_shot_data,
-    labels_from_meta,
-    macro_auc,
-    zero_shot_auc,
-)
+from fgclep_plugin.ecgdata.labels import labels_from_meta
+from fgclep_plugin.model.registry import register
+from fgclep_plugin.model.zeroshot import ECG_TEMPLATES, macro_auc, zero_shot_auc
+from fgclep_plugin.training.zeroshot import DATA_KEY, ZeroShotData, ecg_zero_shot_eval, get_zero_shot_data
 
 ROOT = Path(__file__).resolve().parents[1]
 LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
@@ -216,7 +209,7 @@ def test_prompt_file_maps_label_codes_to_prompt_text(tmp_path):
 
 
 def test_prompt_file_errors_name_the_file(tmp_path):
-    from fgclep_plugin.training.zeroshot import load_prompt_map
+    from fgclep_plugin.model.zeroshot import load_prompt_map
 
     bad = tmp_path / "p.json"
     bad.write_text('["NORM"]')

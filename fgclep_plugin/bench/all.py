@@ -12,6 +12,8 @@ import subprocess
 import sys
 import time
 
+from ..cliargs import HelpFormatter
+
 # name, what it measures, module arguments (quick settings), full-settings hint
 BENCHMARKS: tuple[tuple[str, str, list[str]], ...] = (
     (
@@ -41,7 +43,7 @@ BENCHMARKS: tuple[tuple[str, str, list[str]], ...] = (
 
 def describe_machine() -> str:
     """CPU model, cores, load and library versions."""
-    from .evaluate import machine
+    from .evaluate import machine  # imports torch and open_clip: start-up time of the fgclep command
 
     m = machine()
     libs = []
@@ -103,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep bench``."""
-    from ..cli import HelpFormatter
-
     p = sub.add_parser(
         "bench",
         help="run every benchmark (quick settings) and print one table with the machine's description",

@@ -10,7 +10,7 @@ batches:
   once before and once after the zero-shot pass and averaged (the machine may be shared: both are printed);
 - **embedding** (:func:`fgclep_plugin.model.scoring.embed_ecgs`, the one embedding path) over the same tensors:
   ECG embeddings per second;
-- **zero-shot pass** (:func:`fgclep_plugin.training.zeroshot.zero_shot_auc` on the shards): reading, decoding,
+- **zero-shot pass** (:func:`fgclep_plugin.model.zeroshot.zero_shot_auc` on the shards): reading, decoding,
   the model's transform, embedding, the class prompts and the macro AUC, end to end.
 
     python -m fgclep_plugin.bench.evaluate [--model FGCLEP-ResNet1d18-MiniLM] [--n 10000] [--batch-size 64]
@@ -19,6 +19,7 @@ batches:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -27,15 +28,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import open_clip
 import torch
+
+from ..ecgdata.reader import expand_urls, iter_raw, iter_samples, read_sizes
+from ..ecgdata.shards import atomic_write_json
+from ..model.scoring import embed_ecgs, load_model
+from ..model.transform import ecg_to_tensor
+from ..model.zeroshot import zero_shot_auc
+from ..synth.corpus import ensure_synth_corpus
+from ..training.precision import native_bf16
+from ..training.zeroshot import get_zero_shot_data
 
 
 def machine() -> dict[str, Any]:
     """CPU model, cores, torch threads and versions, load average (the machine may be shared)."""
-    import open_clip
-
-    from ..training.precision import native_bf16
-
     cpu = platform.processor() or "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,10 +68,6 @@ def machine() -> dict[str, Any]:
 def replicate_shards(source: str, out_dir: Path, n: int) -> tuple[str, int]:
     """Copy the shards of ``source`` into ``out_dir`` as ``bench-%06d.tar`` until they hold at least ``n``
     samples (whole copies), with a ``sizes.json``; returns the brace pattern and the number of samples."""
-    import json
-
-    from ..ecgdata.reader import expand_urls, iter_raw, read_sizes
-
     shards = expand_urls(source)
     counts = []
     for s in shards:
@@ -97,14 +100,7 @@ def bench(
     work_dir: Path,
 ) -> dict[str, Any]:
     """Build the shard set in ``work_dir`` and time the three passes (see the module docstring)."""
-    from ..ecgdata.reader import iter_samples
-    from ..model.scoring import embed_ecgs, load_model
-    from ..training.pipeline import ecg_to_tensor
-    from ..training.zeroshot import get_zero_shot_data, zero_shot_auc
-
     if source is None:
-        from ..synth.corpus import ensure_synth_corpus
-
         source = ensure_synth_corpus(work_dir / "synth", sizes={"test": 500})["test"]
     urls, total = replicate_shards(source, work_dir / "shards", n)
     torch.manual_seed(0)
@@ -229,8 +225,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     print(format_result(result))
     if args.json:
-        from ..ecgdata.shards import atomic_write_json
-
         atomic_write_json(args.json, result)
     return result
 

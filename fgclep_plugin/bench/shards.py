@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import HelpFormatter
+from ..cliargs import HelpFormatter
 from ..ecgdata.ecg import canonicalize
 from ..ecgdata.reader import iter_samples
 from ..ecgdata.records import RejectError

@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         cores = "1 core (pinned)"
     except (AttributeError, OSError):
         cores = "unpinned"
+    # imported after pinning to one core: numpy's BLAS sizes its thread pool from the affinity at import
     from ..ecgdata.shards import sample_from_record
     from ..synth.cases import simulate_case
     from ..synth.source import synth_record

@@ -34,8 +34,12 @@ SMALL_MODEL = "FGCLEP-ResNet1d18-MiniLM"
 _REPO = Path(__file__).resolve().parents[2]
 
 
+# The workloads' imports stand inside the functions building them: each workload runs in a fresh (spawned)
+# process whose peak memory is measured, so it loads only what it uses (no open_clip for the bare towers).
+
+
 def _vision_cfg(model_name: str) -> dict[str, Any]:
-    from ..training.hooks import config_dir
+    from ..model.registry import config_dir
 
     return json.loads((config_dir() / f"{model_name}.json").read_text())
 
@@ -87,8 +91,8 @@ def _build(kind: str) -> tuple[Callable[[], None], int]:
 def _small_train_step(batch: int, bf16: bool) -> tuple[Callable[[], None], int]:
     import open_clip
 
-    from .. import register
     from ..model.loss import FgClepLoss
+    from ..model.registry import register
 
     register()
     model, _, _ = open_clip.create_model_and_transforms(SMALL_MODEL, output_dict=True)

@@ -18,8 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+import open_clip
 import psutil
 import torch
+from open_clip_train.precision import get_autocast
+
+from ..ecgdata.reader import iter_samples
+from ..model.loss import create_fgclep_loss
+from ..model.registry import register
 
 DEFAULT_SHARDS = str(
     Path(__file__).resolve().parents[2] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar"
@@ -52,10 +58,6 @@ class PeakRss:
 
 def load_batches(model_name: str, shards: str, batch_size: int, n_batches: int) -> list:
     """``n_batches`` (ecg, tokens) training batches from ``shards`` (cycled if the shards hold fewer)."""
-    import open_clip
-
-    from ..ecgdata.reader import iter_samples
-
     _, preprocess_train, _ = open_clip.create_model_and_transforms(model_name)
     tokenizer = open_clip.get_tokenizer(model_name)
     samples = []
@@ -76,12 +78,6 @@ def bench(
     model_name: str, shards: str, batch_size: int, steps: int, warmup: int, precision: str, device: str
 ) -> dict:
     """Time ``steps`` training steps after ``warmup``; returns samples/s, s/step and memory figures."""
-    import open_clip
-    from open_clip_train.precision import get_autocast
-
-    from ..model.loss import create_fgclep_loss
-    from ..training.hooks import register
-
     register()
     rss_start = psutil.Process(os.getpid()).memory_info().rss
     torch.manual_seed(0)

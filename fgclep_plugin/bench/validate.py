@@ -16,11 +16,16 @@ import time
 import warnings
 
 import numpy as np
+import torch
+
+from ..augment import knowledge as kb
+from ..augment.validate import RuleConfig, TextTable, decide, ecg_embeddings, naive_decisions, score_pairs
+from ..ecgdata.ecg import canonicalize
+from ..model.scoring import load_model
+from ..synth.source import synth_record
 
 
 def _candidates(reports: list[str], k: int) -> list[list[str]]:
-    from ..augment import knowledge as kb
-
     pool = list(dict.fromkeys(kb.phrase(n) for n in list(kb.FEATURES) + list(kb.EXTRA_PHRASES)))
     out = []
     for i, r in enumerate(reports):
@@ -41,16 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.5, help="probability threshold of the decisions")
     args = ap.parse_args(argv)
 
-    import torch
-
-    from ..augment.validate import RuleConfig, TextTable, decide, ecg_embeddings, naive_decisions, score_pairs
-    from ..model.scoring import load_model
-    from ..synth.source import synth_record
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
     recs = [synth_record(7, "test", i) for i in range(args.ecgs)]
-    from ..ecgdata.ecg import canonicalize
-
     ecgs = [canonicalize(r)[0] for r in recs]
     cands = _candidates([r.report for r in recs], args.candidates)
     with warnings.catch_warnings():

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import HelpFormatter
+from ..cliargs import HelpFormatter
 from .ecg import FS, LEADS
+from .labels import labels_from_meta
+from .plot import plot_ecg12
 from .reader import iter_samples
 
 
 def summarize(urls: str, label_key: str | None = None, top: int = 15) -> dict[str, Any]:
     """Counts and distributions of a shard set: sources, report length, most common reports and labels."""
-    from ..training.zeroshot import labels_from_meta
-
     n, sources, words, reports, labels, flat, derived = 0, Counter(), [], Counter(), Counter(), 0, 0
     for s in iter_samples(urls):
         n += 1
@@ -89,12 +89,10 @@ def safe_file_stem(key: str) -> str:
 
 def run_show(args: argparse.Namespace) -> int:
     """``fgclep show``."""
-    import matplotlib
+    import matplotlib  # start-up time: the fgclep command imports this module to build its parser
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .plot import plot_ecg12
 
     s = find_sample(args.urls, args.key, args.index)
     print(f"{s['__key__']}: {s['text']}")

@@ -1,14 +1,22 @@
 """A 12-lead ECG drawn the clinical way: pink millimetre grid, 25 mm/s, 10 mm/mV, 3x4 layout + lead II strip.
 
 Coordinates are millimetres of paper, so the grid is a true 1 mm / 5 mm grid at any figure size
-(``paper_size_mm`` gives the size to make an axes for a 1:1 print).
+(``paper_size_mm`` gives the size to make an axes for a 1:1 print). :func:`save_png` writes any figure
+atomically at its own pixel size.
+
+matplotlib is imported where a figure is drawn, not at module import: the ``fgclep`` command imports the modules
+that draw in order to build its parser (start-up time).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
+
+from .shards import atomic_write_bytes
 
 LAYOUT = (("I", "aVR", "V1", "V4"), ("II", "aVL", "V2", "V5"), ("III", "aVF", "V3", "V6"))
 RHYTHM_LEAD = "II"
@@ -26,7 +34,7 @@ def paper_size_mm(seconds: float = 10.0) -> tuple[float, float]:
 
 
 def _grid(ax, width: float, height: float) -> None:
-    from matplotlib.collections import LineCollection
+    from matplotlib.collections import LineCollection  # start-up time (module docstring)
 
     for step, color, lw in ((1.0, MINOR_COLOR, 0.25), (5.0, MAJOR_COLOR, 0.6)):
         xs = np.arange(0.0, width + 1e-6, step)
@@ -53,7 +61,7 @@ def plot_ecg12(
     around its median over the record (DC offsets removed, as a cart's baseline filter does): DC-coupled
     recordings (CODE-15 leads sit up to ~10 mV off zero) would otherwise run across the neighbouring rows.
     """
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # start-up time (module docstring)
 
     width, height = paper_size_mm(seconds)
     if ax is None:
@@ -95,3 +103,19 @@ def plot_ecg12(
     label = f"{SPEED_MM_S:g} mm/s, {GAIN_MM_MV:g} mm/mV"
     ax.set_title(f"{title}  ({label})" if title else label, fontsize=9, loc="left")
     return ax
+
+
+def save_png(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Render ``fig`` to PNG at its own size (no tight bounding box: inches x ``dpi`` pixels), write it
+    atomically to ``path`` and close the figure."""
+    import matplotlib.pyplot as plt  # start-up time (module docstring)
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

@@ -5,13 +5,15 @@ normal-vs-abnormal batch), the matrix FNM's target is made of.
 t-SNE is scikit-learn's (``init="pca"``, seeded: the same seed gives the same map). Each ECG takes one colour:
 its most specific label, i.e. the one of its labels that is rarest in the set ("sinus rhythm, normal ECG" is
 coloured "normal ECG"; "sinus rhythm, LVH" is coloured "LVH"). PNGs have a fixed pixel size (figure inches x
-dpi) and are written atomically.
+dpi) and are written atomically (:func:`fgclep_plugin.ecgdata.plot.save_png`).
+
+matplotlib, scikit-learn's t-SNE and threadpoolctl are imported where a figure is made, not at module import:
+the ``fgclep`` command imports this module to build its parser (start-up time).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import textwrap
 from collections import Counter
 from collections.abc import Sequence
@@ -19,33 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..cli import HelpFormatter, add_model_arguments
+from ..cliargs import HelpFormatter, add_model_arguments
+from ..ecgdata.labels import labels_from_meta
+from ..ecgdata.plot import save_png
+from ..ecgdata.shards import atomic_write_json
+from ..model.scoring import embed_shards, embed_texts, load_model, similarity
 
 OTHER = "other"
 UNLABELLED = "no label"
 
 
-def save_png(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Render ``fig`` to PNG at its own size (no tight bounding box: inches x ``dpi`` pixels), write it
-    atomically to ``path`` and close the figure."""
-    import matplotlib.pyplot as plt
-
-    from ..ecgdata.shards import atomic_write_bytes
-
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi)
-    finally:
-        plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
-
-
 def _pyplot():
-    import matplotlib
+    import matplotlib  # start-up time (module docstring)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,7 +50,7 @@ def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray
     the same input gives the same map); the perplexity is lowered to ``(N - 1) / 3`` for small sets. Needs
     N >= 4. Runs on one OpenMP thread: Barnes-Hut's threads spin on a busy machine (measured 10-15x slower
     on 2 shared cores)."""
-    from sklearn.manifold import TSNE
+    from sklearn.manifold import TSNE  # start-up time (module docstring)
     from threadpoolctl import threadpool_limits
 
     emb = np.asarray(emb, dtype=np.float32)
@@ -158,9 +147,7 @@ def normal_abnormal_batch(is_normal: Sequence[bool], size: int, seed: int = 0) -
 
 def report_similarity(lm, texts: Sequence[str]) -> np.ndarray:
     """``S [n, n]``, ``S_ij = cos(t_i, t_j)`` of the model's text embeddings of ``texts`` (FNM's target)."""
-    from ..model.scoring import embed_texts, similarity
-
-    t = embed_texts(lm.model, lm.tokenizer, list(texts), device=lm.device)
+    t = embed_texts(lm.model, lm.tokenizer, list(texts), device=lm.device, precision=lm.precision)
     return similarity(t, t).numpy()
 
 
@@ -223,17 +210,14 @@ def make_figures(
 ) -> dict[str, Any]:
     """The t-SNE map and the two similarity heat maps of a shard set into ``out``; returns a manifest
     (paths, sizes, the batches' keys)."""
-    from ..training.zeroshot import labels_from_meta
-    from .retrieval import embed_shard_set
-
     out = Path(out)
-    es = embed_shard_set(lm, urls, progress=progress, with_reports=False)
+    es = embed_shards(lm, urls, progress="ECGs" if progress else False)
     labels = [labels_from_meta(m, label_key) for m in es.metas]
     if not any(labels):
         raise ValueError(f"no sample of {urls} has labels[{label_key!r}]")
     n = len(es.keys)
     pts = np.arange(n) if n <= max_points else random_batch(n, max_points, seed)
-    xy = tsne(es.ecg_emb.numpy()[pts], seed=seed, perplexity=perplexity)
+    xy = tsne(es.embeddings[pts], seed=seed, perplexity=perplexity)
     who = f"{lm.name}" + (f", {Path(lm.checkpoint).name}" if lm.checkpoint else ", untrained")
     manifest: dict[str, Any] = {"model": lm.name, "checkpoint": lm.checkpoint, "data": urls, "seed": seed}
     tsne_path = plot_tsne(
@@ -277,11 +261,6 @@ def make_figures(
 
 def run_figures(args: argparse.Namespace) -> int:
     """``fgclep figures``."""
-    import torch
-
-    from ..ecgdata.shards import atomic_write_json
-    from ..model.scoring import load_model
-
     torch.manual_seed(args.seed)
     lm = load_model(args.model, args.checkpoint, device=args.device)
     manifest = make_figures(

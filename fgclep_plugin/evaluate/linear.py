@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from ..training.zeroshot import macro_auc
+from ..model.zeroshot import macro_auc
 from .zeroshot import EmbeddedSplit, auc_summary, rank_auc
 
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -117,8 +118,6 @@ def subset(n: int, fraction: float, seed: int, merl: bool) -> np.ndarray:
     if fraction >= 100:
         return np.arange(n)
     if merl:
-        from sklearn.model_selection import train_test_split
-
         return np.sort(train_test_split(np.arange(n), train_size=fraction / 100, random_state=42)[0])
     k = max(1, math.ceil(n * fraction / 100))
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))

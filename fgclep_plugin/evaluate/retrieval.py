@@ -13,14 +13,14 @@ Ground truth, by query kind:
 
 Rankings sort by cosine, highest first; equal scores keep the shard order (a stable sort), so results do not
 depend on the platform's sort. Chance levels are the exact expectations under a uniformly random ranking.
-Embeddings come from :mod:`fgclep_plugin.model.scoring` (the one embedding path).
+Embeddings come from :mod:`fgclep_plugin.model.scoring` (the one embedding path: ``embed_shards``).
 """
 
 from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import HelpFormatter, add_model_arguments
-from ..ecgdata.reader import iter_samples, read_sizes
-from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, load_model, similarity
+from ..cliargs import HelpFormatter, add_model_arguments
+from ..ecgdata.ecg import FS, LEADS
+from ..ecgdata.labels import labels_from_meta
+from ..ecgdata.plot import paper_size_mm, plot_ecg12, save_png
+from ..ecgdata.reader import iter_samples
+from ..ecgdata.shards import atomic_write_json
+from ..model.scoring import LoadedModel, embed_shards, embed_texts, load_model, similarity
+from ..model.zeroshot import load_prompt_map, mapped_prompt_text
+from ..synth.vocabulary import FEATURES
 
 SYNTH_FEATURES = "synth-features"
 """``--prompts`` value naming the simulator's canonical feature phrases (``synth.vocabulary.FEATURES``)."""
@@ -111,45 +117,22 @@ class EmbeddedSet:
     report_emb: torch.Tensor | None = None  # [len(reports), D]
 
 
-def _ecg_batches(urls: str, lm: LoadedModel, batch_size: int, sink: EmbeddedSet) -> Iterator[torch.Tensor]:
-    from ..training.pipeline import ecg_to_tensor
-
-    batch: list[torch.Tensor] = []
-    for s in iter_samples(urls):
-        sink.keys.append(s["__key__"])
-        sink.texts.append(s["text"])
-        sink.metas.append(s["meta"])
-        batch.append(ecg_to_tensor(s["ecg"], lm.preprocess))
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
-            batch = []
-    if batch:
-        yield torch.stack(batch)
-
-
 def embed_shard_set(
     lm: LoadedModel, urls: str, batch_size: int = 64, progress: bool = True, with_reports: bool = True
 ) -> EmbeddedSet:
-    """Embed every ECG of ``urls`` (and, with ``with_reports``, each distinct report once) through
-    :func:`~fgclep_plugin.model.scoring.embed_ecgs` / ``embed_texts``. Raises ``ValueError`` on an empty set."""
-    out = EmbeddedSet(urls, [], [], [], torch.zeros(0))
-    try:
-        total = read_sizes(urls)
-    except RuntimeError:
-        total = None
-    out.ecg_emb = embed_ecgs(
-        lm.model,
-        _ecg_batches(urls, lm, batch_size, out),
-        device=lm.device,
-        progress="ECGs" if progress else False,
-        total=total,
-    )
-    if not out.keys:
-        raise ValueError(f"no samples in {urls}")
+    """Embed every ECG of ``urls`` (:func:`~fgclep_plugin.model.scoring.embed_shards`) and, with
+    ``with_reports``, each distinct report once (``embed_texts``). Raises ``ValueError`` on an empty set."""
+    shards = embed_shards(lm, urls, batch_size, "ECGs" if progress else False)
+    out = EmbeddedSet(urls, shards.keys, shards.texts, shards.metas, torch.from_numpy(shards.embeddings))
     if with_reports:
         out.reports = list(dict.fromkeys(out.texts))
         out.report_emb = embed_texts(
-            lm.model, lm.tokenizer, out.reports, device=lm.device, progress="reports" if progress else False
+            lm.model,
+            lm.tokenizer,
+            out.reports,
+            device=lm.device,
+            precision=lm.precision,
+            progress="reports" if progress else False,
         )
     return out
 
@@ -165,8 +148,6 @@ def report_relevance(texts: Sequence[str], reports: Sequence[str]) -> np.ndarray
 
 def class_relevance(metas: Sequence[dict], label_key: str) -> tuple[list[str], np.ndarray]:
     """Sorted class names of ``labels[label_key]`` and ``[C, N]``: True where ECG ``i`` has class ``c``."""
-    from ..training.zeroshot import labels_from_meta
-
     labels = [set(labels_from_meta(m, label_key)) for m in metas]
     names = sorted(set().union(*labels))
     if not names:
@@ -181,11 +162,7 @@ def prompt_map(prompts: str | None) -> dict[str, str]:
     if not prompts:
         return {}
     if prompts == SYNTH_FEATURES:
-        from ..synth.vocabulary import FEATURES
-
         return {name: v["phrase"] for name, v in FEATURES.items()}
-    from ..training.zeroshot import load_prompt_map
-
     return load_prompt_map(prompts)
 
 
@@ -207,8 +184,6 @@ def retrieve(
     prompts: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """All retrieval results for an embedded set (see the module docstring for the ground truth)."""
-    from ..training.zeroshot import mapped_prompt_text
-
     ks = sorted({1, 5, k})
     s_ecg_report = similarity(es.ecg_emb, es.report_emb).numpy()  # [N, U]
     rel = report_relevance(es.texts, es.reports)  # [U, N]
@@ -237,7 +212,9 @@ def retrieve(
     if label_key:
         names, crel = class_relevance(es.metas, label_key)
         texts = [mapped_prompt_text(prompts or {}, c) for c in names]
-        cs = similarity(embed_texts(lm.model, lm.tokenizer, texts, device=lm.device), es.ecg_emb).numpy()
+        cs = similarity(
+            embed_texts(lm.model, lm.tokenizer, texts, device=lm.device, precision=lm.precision), es.ecg_emb
+        ).numpy()
         prec = precision_at_k(cs, crel, k)
         n = len(es.keys)
         per_class = {
@@ -260,7 +237,8 @@ def retrieve(
         }
     if queries:
         qs = similarity(
-            embed_texts(lm.model, lm.tokenizer, list(queries), device=lm.device), es.ecg_emb
+            embed_texts(lm.model, lm.tokenizer, list(queries), device=lm.device, precision=lm.precision),
+            es.ecg_emb,
         ).numpy()
         result["text_queries"] = [
             {
@@ -300,14 +278,10 @@ def plot_retrieved(
 ) -> Path:
     """The retrieved ECGs of one text query on ECG paper, one per row, each titled with rank, cosine, key and
     report (the paper's Figure 5); written atomically as PNG."""
-    import matplotlib
+    import matplotlib  # start-up time: the fgclep command imports this module to build its parser
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..ecgdata.ecg import FS, LEADS
-    from ..ecgdata.plot import paper_size_mm, plot_ecg12
-    from .figures import save_png
 
     w_mm, h_mm = paper_size_mm()
     head_mm = 14.0
@@ -377,8 +351,6 @@ def format_result(r: dict[str, Any]) -> str:
 
 def run_retrieve(args: argparse.Namespace) -> int:
     """``fgclep retrieve``."""
-    from ..ecgdata.shards import atomic_write_json
-
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
     torch.manual_seed(args.seed)

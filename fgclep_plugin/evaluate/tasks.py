@@ -23,7 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.records import EcgRecord, RejectError
+from ..ecgdata.shards import atomic_write_json, write_shards
+from ..ecgdata.sources import make_source
+from ..synth.corpus import ensure_synth_corpus
+from ..synth.vocabulary import DIAGNOSES, FEATURES
 
 SPLITS = ("train", "val", "test")
 
@@ -57,8 +62,6 @@ class Task:
 
     def labels(self, meta: dict[str, Any]) -> list[str] | None:
         """Classes of one sample (``None``: the sample is not labelled for this task)."""
-        from ..training.zeroshot import labels_from_meta
-
         if self.label_key not in (meta.get("labels") or {}):
             return None
         names = labels_from_meta(meta, self.label_key)
@@ -215,9 +218,6 @@ def build_benchmark(
     zero-padded); shorter records are padded to 10 s and their original length kept in the metadata.
     Returns ``{split: write_shards summary, "not_in_tables": raw records no table lists (not part of any task)}``.
     """
-    from ..ecgdata.shards import atomic_write_json, write_shards
-    from ..ecgdata.sources import make_source
-
     if dataset not in MERL_DATASETS:
         raise ValueError(f"unknown benchmark dataset {dataset!r}; choose one of {', '.join(MERL_DATASETS)}")
     options = dict(source_options or {})
@@ -353,9 +353,6 @@ def ludb_task(name: str, folder: str | Path = "shards/ludb") -> Task:
 
 def synth_task(name: str, folder: str | Path = "data/synth") -> Task:
     """``synth-diagnosis`` / ``synth-feature`` over the synthetic corpus in ``folder`` (generated if missing)."""
-    from ..synth.corpus import ensure_synth_corpus
-    from ..synth.vocabulary import DIAGNOSES, FEATURES
-
     urls = ensure_synth_corpus(folder)
     if name == "synth-diagnosis":
         key, prompts = "diagnoses", {k: v["phrases"][0] for k, v in DIAGNOSES.items()}

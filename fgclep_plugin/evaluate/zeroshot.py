@@ -3,16 +3,18 @@
 Prompt sets (scores are cosines of normalised embeddings; a SigLIP head's shared scale and bias would not
 change any AUC):
 
-- ``templates``: each class's words through :data:`fgclep_plugin.training.zeroshot.ECG_TEMPLATES`, averaged by
-  open_clip's ``build_zero_shot_classifier``.
+- ``templates``: each class's words through :data:`fgclep_plugin.model.zeroshot.ECG_TEMPLATES`, averaged by
+  open_clip's ``build_zero_shot_classifier`` (:func:`fgclep_plugin.model.zeroshot.template_classifier`, the
+  scoring path training's zero-shot check uses).
 - ``ckepe``: MERL's protocol as its code runs it: one string per class, the class's ``CKEPE_prompt.json`` text
   lower-cased, raw cosine (MERL tasks only; the text tower truncates long strings at its context length).
 - ``ens``: the FG-CLEP paper's lead ensemble: ``"<class> in lead <x>"`` for the 12 leads plus ``"<class>"``,
   the score the maximum of the 13 cosines.
 
 Macro AUC is scikit-learn's ROC AUC averaged over the classes with both outcomes in the test split (the others
-are listed as skipped); every class reports its number of positives; the 95 % interval is a seeded percentile
-bootstrap over test records.
+are listed as skipped); every class reports its number of positives; labels outside the task's classes are
+counted and reported (``outside_labels``); the 95 % interval is a seeded percentile bootstrap over test records.
+Embeddings are computed at the loaded model's precision (``load_model(..., precision=)``, default ``fp32``).
 
 Embeddings are computed once per (checkpoint, shard set), whatever the number of tasks reading those shards
 (:func:`cached_shards`: an in-process memo per model and an ``.npz`` cache keyed by checkpoint hash, model and
@@ -26,8 +28,8 @@ import io
 import json
 import os
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,11 @@ import torch
 from scipy.stats import rankdata
 
 from ..ecgdata.ecg import LEADS
-from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, similarity
-from ..training.zeroshot import ECG_TEMPLATES, macro_auc
+from ..ecgdata.reader import expand_urls
+from ..ecgdata.shards import atomic_write_bytes
+from ..model import scoring
+from ..model.scoring import EmbeddedShards, LoadedModel, embed_texts, similarity
+from ..model.zeroshot import label_targets, macro_auc, template_classifier
 from .tasks import Task
 
 PROMPT_SETS = ("templates", "ens", "ckepe")
@@ -45,38 +50,19 @@ PROMPT_SETS = ("templates", "ens", "ckepe")
 
 @dataclass
 class EmbeddedSplit:
-    """One task split embedded: ``embeddings [N, D]`` (normalised), ``targets [N, C]`` (0/1), sample keys, and
-    how many samples the shards held without this task's label (not part of the task)."""
+    """One task split embedded: ``embeddings [N, D]`` (normalised), ``targets [N, C]`` (0/1), sample keys, how
+    many samples the shards held without this task's label (not part of the task), and the labels outside the
+    task's classes (``{label: samples}``; those samples count with their other labels)."""
 
     embeddings: np.ndarray
     targets: np.ndarray
     keys: list[str]
     class_names: tuple[str, ...]
     n_unlabelled: int = 0
+    outside_labels: dict[str, int] = field(default_factory=dict)
 
     def positives(self) -> dict[str, int]:
         return {c: int(n) for c, n in zip(self.class_names, self.targets.sum(0))}
-
-
-def target_row(task: Task, labels: Sequence[str], key: str) -> np.ndarray:
-    """0/1 row over ``task.class_names``; a label outside the task's classes raises ``ValueError`` naming it."""
-    index = {c: i for i, c in enumerate(task.class_names)}
-    row = np.zeros(len(index), dtype=np.int64)
-    for lab in labels:
-        if lab not in index:
-            raise ValueError(f"sample {key}: label {lab!r} is not a class of task {task.name}")
-        row[index[lab]] = 1
-    return row
-
-
-@dataclass
-class EmbeddedShards:
-    """Every sample of one shard set embedded once, for any task reading those shards: ``embeddings [N, D]``
-    (normalised), sample keys, and each sample's label-bearing meta (``{"labels", "record_id"}``)."""
-
-    embeddings: np.ndarray
-    keys: list[str]
-    metas: list[dict[str, Any]]
 
 
 def label_meta(meta: dict[str, Any]) -> dict[str, Any]:
@@ -90,53 +76,33 @@ def embed_shards(
     batch_size: int = 64,
     progress: bool | str = True,
 ) -> EmbeddedShards:
-    """Embed every sample of ``urls`` (one pass through :func:`fgclep_plugin.model.scoring.embed_ecgs`),
-    labelled or not, keeping each sample's label meta so any task's targets can be derived afterwards."""
-    from ..ecgdata.reader import iter_samples, read_sizes
-    from ..training.pipeline import ecg_to_tensor
-
-    keys: list[str] = []
-    metas: list[dict[str, Any]] = []
-
-    def batches() -> Iterator[torch.Tensor]:
-        batch = []
-        for s in iter_samples(urls):
-            keys.append(s["__key__"])
-            metas.append(label_meta(s["meta"]))
-            batch.append(ecg_to_tensor(s["ecg"], loaded.preprocess))
-            if len(batch) == batch_size:
-                yield torch.stack(batch)
-                batch = []
-        if batch:
-            yield torch.stack(batch)
-
-    try:
-        total = read_sizes(urls)
-    except RuntimeError:
-        total = None
-    emb = embed_ecgs(loaded.model, batches(), device=loaded.device, progress=progress, total=total)
-    return EmbeddedShards(emb.numpy(), keys, metas)
+    """:func:`fgclep_plugin.model.scoring.embed_shards` keeping each sample's label meta only, so any task's
+    targets can be derived afterwards."""
+    return scoring.embed_shards(loaded, urls, batch_size, progress, keep_meta=label_meta)
 
 
 def task_split(shards: EmbeddedShards, task: Task, where: str = "") -> EmbeddedSplit:
-    """``task``'s split from embedded shards: the samples labelled for the task, their 0/1 targets; the
-    others are counted as ``n_unlabelled``. ``ValueError`` if no sample is labelled for the task."""
-    rows, index = [], []
-    for i, (key, meta) in enumerate(zip(shards.keys, shards.metas)):
-        labels = task.labels(meta)
-        if labels is not None:
-            rows.append(target_row(task, labels, key))
+    """``task``'s split from embedded shards: the samples labelled for the task, their 0/1 targets (labels
+    outside the task's classes counted in ``outside_labels``); the others are counted as ``n_unlabelled``.
+    ``ValueError`` if no sample is labelled for the task."""
+    labels, index = [], []
+    for i, meta in enumerate(shards.metas):
+        lab = task.labels(meta)
+        if lab is not None:
+            labels.append(lab)
             index.append(i)
     if not index:
         raise ValueError(
             f"task {task.name}: no sample of {where or 'the shards'} has labels[{task.label_key!r}]"
         )
+    targets, outside = label_targets(labels, task.class_names)
     return EmbeddedSplit(
         shards.embeddings[index],
-        np.stack(rows),
+        targets,
         [shards.keys[i] for i in index],
         task.class_names,
         len(shards.keys) - len(index),
+        outside,
     )
 
 
@@ -167,8 +133,6 @@ def file_sha256(path: str | Path) -> str:
 
 def shard_files(urls: str | Sequence[str]) -> list[tuple[str, int, int]]:
     """``(real path, size, mtime_ns)`` of every shard of ``urls``: the identity of a shard set."""
-    from ..ecgdata.reader import expand_urls
-
     out = []
     for u in expand_urls(urls):
         st = os.stat(u)
@@ -179,14 +143,16 @@ def shard_files(urls: str | Sequence[str]) -> list[tuple[str, int, int]]:
 def shards_cache_key(
     loaded: LoadedModel, urls: str | Sequence[str], files: list[tuple[str, int, int]] | None = None
 ) -> str | None:
-    """Key of an embedding cache entry: checkpoint hash + model + shard files (path, size, mtime), the same
-    for every task reading those shards; ``None`` without a checkpoint (random weights are not reproducible)."""
+    """Key of an embedding cache entry: checkpoint hash + model + precision + shard files (path, size, mtime),
+    the same for every task reading those shards; ``None`` without a checkpoint (random weights are not
+    reproducible)."""
     if loaded.checkpoint is None:
         return None
     spec = {
         "format": "shards-v2",
         "checkpoint_sha256": file_sha256(loaded.checkpoint),
         "model": loaded.name,
+        "precision": loaded.precision,
         "shards": shard_files(urls) if files is None else files,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
@@ -214,9 +180,8 @@ def cached_shards(
     progress: bool | str = True,
 ) -> EmbeddedShards:
     """:func:`embed_shards`, once per (model, shard files) in this process, and read from / written to
-    ``cache_dir`` (one atomic ``.npz`` per checkpoint x shard set, no pickles) when given."""
-    from ..ecgdata.shards import atomic_write_bytes
-
+    ``cache_dir`` (one atomic ``.npz`` per checkpoint x shard set, no pickles; it keeps keys, label metas and
+    embeddings, not the reports) when given."""
     files = shard_files(urls)
     memo = _MEMO.setdefault(loaded.model, {})
     ident = json.dumps(files)
@@ -227,7 +192,7 @@ def cached_shards(
     if path is not None and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             out = EmbeddedShards(
-                z["embeddings"], [str(k) for k in z["keys"]], json.loads(str(z["metas"][()]))
+                urls, z["embeddings"], [str(k) for k in z["keys"]], None, json.loads(str(z["metas"][()]))
             )
     else:
         out = embed_shards(loaded, urls, batch_size, progress)
@@ -274,28 +239,6 @@ def ckepe_prompts(task: Task) -> list[str]:
     return [task.ckepe[c].lower() for c in task.class_names]
 
 
-@torch.no_grad()
-def template_classifier(loaded: LoadedModel, texts: Sequence[str]) -> torch.Tensor:
-    """``[D, C]`` class embeddings of ``texts`` through :data:`ECG_TEMPLATES` (open_clip's
-    ``build_zero_shot_classifier``: template embeddings averaged and re-normalised per class)."""
-    from open_clip import build_zero_shot_classifier
-
-    loaded.model.eval()
-    return (
-        build_zero_shot_classifier(
-            loaded.model,
-            tokenizer=loaded.tokenizer,
-            classnames=list(texts),
-            templates=list(ECG_TEMPLATES),
-            num_classes_per_batch=10,
-            device=loaded.device,
-            use_tqdm=False,
-        )
-        .float()
-        .cpu()
-    )
-
-
 def ens_scores(ecg_emb: torch.Tensor, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ENS: ``prompt_emb`` is ``[C * 13, D]`` (13 prompts per class, class-major); returns the per-prompt
     cosines ``[N, C, 13]`` and their maximum ``[N, C]``."""
@@ -308,13 +251,24 @@ def prompt_scores(loaded: LoadedModel, task: Task, emb: np.ndarray, prompt_set: 
     ecg = torch.from_numpy(emb)
     words = [task.prompt_text(c) for c in task.class_names]
     if prompt_set == "templates":
-        return (ecg @ template_classifier(loaded, words)).numpy()
+        classes = template_classifier(
+            loaded.model, loaded.tokenizer, words, device=loaded.device, precision=loaded.precision
+        )
+        return (ecg @ classes).numpy()
     if prompt_set == "ckepe":
-        text = embed_texts(loaded.model, loaded.tokenizer, ckepe_prompts(task), device=loaded.device)
+        text = embed_texts(
+            loaded.model,
+            loaded.tokenizer,
+            ckepe_prompts(task),
+            device=loaded.device,
+            precision=loaded.precision,
+        )
         return similarity(ecg, text).numpy()
     if prompt_set == "ens":
         texts = [p for w in words for p in ens_prompts(w)]
-        text = embed_texts(loaded.model, loaded.tokenizer, texts, device=loaded.device)
+        text = embed_texts(
+            loaded.model, loaded.tokenizer, texts, device=loaded.device, precision=loaded.precision
+        )
         return ens_scores(ecg, text)[1].numpy()
     raise ValueError(f"unknown prompt set {prompt_set!r}; choose from {', '.join(PROMPT_SETS)}")
 
@@ -373,7 +327,7 @@ def auc_summary(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Macro AUC (scikit-learn, :func:`fgclep_plugin.training.zeroshot.macro_auc`), per class with positives,
+    """Macro AUC (scikit-learn, :func:`fgclep_plugin.model.zeroshot.macro_auc`), per class with positives,
     skipped classes and the bootstrap interval. A list of score matrices (repeats) gives their mean AUC."""
     mats = [scores] if isinstance(scores, np.ndarray) else list(scores)
     runs = [macro_auc(m, targets, class_names) for m in mats]
@@ -417,6 +371,7 @@ def zero_shot_results(
                 "metric": "macro AUC",
                 "score": "max cosine over 13 prompts" if prompt_set == "ens" else "cosine",
                 "n_unlabelled": test.n_unlabelled,
+                "outside_labels": test.outside_labels,
                 **row,
             }
         )

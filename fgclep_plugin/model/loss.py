@@ -132,12 +132,63 @@ class FgClepLoss(SigLipLoss):
         return contrastive + weighted_fnm
 
 
+def multi_positive_sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    positives: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Sigmoid loss with any number of positive texts per ECG: ``-(1/B) sum_ij log sigmoid(z_ij (t e_i.t_j + b))``
+    over the B ECGs ``e_i`` and M texts ``t_j``, ``z_ij = +1`` where ``positives[i, j]`` else -1. With
+    ``positives = eye(B)`` this is ``SigLipLoss`` (one process)."""
+    logits = logit_scale * image_features @ text_features.T  # [B, M]
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    signs = 2.0 * positives.to(logits.dtype) - 1.0
+    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+
+
+class MultiPositiveLoss(FgClepLoss):
+    """:class:`FgClepLoss` for ``--ecg-feature-injection multi-positive`` batches: the sigmoid term over every
+    (ECG, text) pair with ``positives`` ``[B, M]`` from the batch (texts: the B reports, then the batch's kept
+    features; ``fgclep_plugin.training.injection``), FNM on the B ECG-report pairs. One process only. Without
+    ``positives`` it is :class:`FgClepLoss`."""
+
+    def forward(
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor | None,
+        positives: torch.Tensor | None = None,
+        output_dict: bool = False,
+    ):
+        if positives is None:
+            return super().forward(image_features, text_features, logit_scale, logit_bias, output_dict)
+        if self.world_size > 1:
+            raise NotImplementedError("the multi-positive loss runs in one process (world size 1)")
+        b = image_features.shape[0]
+        contrastive = multi_positive_sigmoid_loss(
+            image_features, text_features, positives, logit_scale, logit_bias
+        )
+        weighted_fnm = (
+            self.fnm_lambda * self.fnm(image_features, text_features[:b])
+            if self.fnm_lambda
+            else contrastive.new_zeros(())
+        )
+        if output_dict:
+            return {"contrastive_loss": contrastive, "fnm_loss": weighted_fnm}
+        return contrastive + weighted_fnm
+
+
 def create_fgclep_loss(args: Any) -> FgClepLoss:
     """Build the loss from open_clip_train args plus ``fnm_lambda``, ``fnm_detach``, ``fnm_global``, ``fnm_norm``.
 
     Missing plugin args take the defaults (0.5, detached, global, the paper's normalisation).
     """
-    return FgClepLoss(
+    multi = getattr(args, "ecg_feature_injection", "append") == "multi-positive"
+    return (MultiPositiveLoss if multi else FgClepLoss)(
         fnm_lambda=getattr(args, "fnm_lambda", 0.5),
         detach_semantic=getattr(args, "fnm_detach", True),
         fnm_global=getattr(args, "fnm_global", True),

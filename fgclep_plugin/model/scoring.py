@@ -1,27 +1,37 @@
-"""Embedding ECGs and texts, and scoring (ECG, text) pairs: the one path zero-shot, stage-2 validation,
-retrieval and the linear probe share.
+"""Embedding ECGs, shard sets and texts, and scoring (ECG, text) pairs: the one path that training's zero-shot
+check, evaluation, stage-2 validation, retrieval, figures and the benchmarks share.
 
 An FGCLEP model is an open_clip ``CustomTextCLIP`` with the ECG tower as its ``visual``; a pair's score is the
 cosine of the two normalised embeddings and, with the model's SigLIP head, its sigmoid probability
 ``sigmoid(exp(logit_scale) * cos + logit_bias)`` (what the model was trained to output for a matching pair).
+
+Precision is passed explicitly as open_clip's ``--precision`` name (``fp32``, ``amp``, ``amp_bf16``, ``bf16``,
+...): the same autocast and input dtype as open_clip_train's loop (:func:`precision_context`).
+
+open_clip itself is imported where a model is built, not at module import: the ``fgclep`` command imports
+the evaluation modules (and so this one) to build its parser (start-up time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from open_clip_train.precision import get_autocast
 from tqdm import tqdm
+
+from ..ecgdata.reader import iter_samples, read_sizes
+from .transform import ecg_to_tensor
 
 
 @dataclass
 class LoadedModel:
-    """A model ready for scoring: the module (eval mode), its val transform and tokenizer, and where it came
-    from."""
+    """A model ready for scoring: the module (eval mode), its val transform and tokenizer, where it came from,
+    and the open_clip precision every embedding of it is computed at."""
 
     model: torch.nn.Module
     preprocess: Callable
@@ -29,6 +39,7 @@ class LoadedModel:
     name: str
     checkpoint: str | None
     device: torch.device
+    precision: str = "fp32"
 
     @property
     def logit_scale(self) -> float:
@@ -42,26 +53,36 @@ class LoadedModel:
         return 0.0 if bias is None else float(bias.detach())
 
 
-def load_model(name: str, checkpoint: str | None = None, device: str = "cpu") -> LoadedModel:
+def load_model(
+    name: str, checkpoint: str | None = None, device: str = "cpu", precision: str = "fp32"
+) -> LoadedModel:
     """Build model ``name`` through open_clip and load ``checkpoint`` (an open_clip training checkpoint or a
-    state dict; read with ``weights_only=True``). Raises ``FileNotFoundError`` naming a missing checkpoint."""
-    import open_clip
+    state dict; read with ``weights_only=True``); its embeddings are computed at open_clip ``precision``.
+    Raises ``FileNotFoundError`` naming a missing checkpoint."""
+    import open_clip  # start-up time (module docstring)
 
-    from ..training.hooks import register
+    from .registry import register  # imports open_clip: start-up time (module docstring)
 
     register()
-    if checkpoint is not None:
-        from pathlib import Path
-
-        if not Path(checkpoint).is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=checkpoint, device=device, weights_only=True
     )
     model.eval()
     return LoadedModel(
-        model, preprocess, open_clip.get_tokenizer(name), name, checkpoint, torch.device(device)
+        model, preprocess, open_clip.get_tokenizer(name), name, checkpoint, torch.device(device), precision
     )
+
+
+def precision_context(
+    precision: str, device: str | torch.device
+) -> tuple[Callable[[], Any], torch.dtype | None]:
+    """open_clip's ``--precision`` -> (autocast context factory, ECG input dtype), as open_clip_train's loop
+    uses them (``amp``/``amp_bf16``: autocast; ``fp16``/``bf16`` and ``pure_*``: inputs cast)."""
+    from open_clip import get_input_dtype  # start-up time (module docstring)
+
+    return get_autocast(precision, device_type=torch.device(device).type), get_input_dtype(precision)
 
 
 @torch.no_grad()
@@ -97,13 +118,13 @@ def embed_ecgs(
     model: torch.nn.Module,
     batches: Iterable[torch.Tensor],
     device: str | torch.device = "cpu",
-    autocast: Callable[[], Any] = nullcontext,
-    input_dtype: torch.dtype | None = None,
+    precision: str = "fp32",
     progress: bool | str = False,
     total: int | None = None,
 ) -> torch.Tensor:
     """L2-normalised ECG embeddings ``[N, D]`` (float32, CPU) of already transformed ECG batches
-    ``[B, leads, L]``; the model is put in eval mode for the pass and restored after."""
+    ``[B, leads, L]`` at open_clip ``precision``; the model is put in eval mode for the pass and restored after."""
+    autocast, input_dtype = precision_context(precision, device)
 
     def encode(ecg: torch.Tensor) -> torch.Tensor:
         return model.encode_image(ecg.to(device=device, dtype=input_dtype or torch.float32), normalize=True)
@@ -114,7 +135,7 @@ def embed_ecgs(
 def trim_padding(tokens: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     """``tokens [B, context]`` without the trailing columns that are padding in every row, where the text
     tower masks padding (Hugging Face towers: the same embeddings, up to float rounding); else unchanged."""
-    from open_clip.hf_model import HFTextEncoder
+    from open_clip.hf_model import HFTextEncoder  # start-up time (module docstring)
 
     text = getattr(model, "text", None)
     pad = getattr(getattr(text, "config", None), "pad_token_id", None)
@@ -130,11 +151,13 @@ def embed_texts(
     texts: Sequence[str],
     batch_size: int = 256,
     device: str | torch.device = "cpu",
-    autocast: Callable[[], Any] = nullcontext,
+    precision: str = "fp32",
     progress: bool | str = False,
 ) -> torch.Tensor:
-    """L2-normalised text embeddings ``[len(texts), D]`` (float32, CPU). Each distinct text is encoded once
-    (repeats share its row), in batches of ``batch_size`` of similar length, trimmed of common padding."""
+    """L2-normalised text embeddings ``[len(texts), D]`` (float32, CPU) at open_clip ``precision``. Each
+    distinct text is encoded once (repeats share its row), in batches of ``batch_size`` of similar length,
+    trimmed of common padding."""
+    autocast = precision_context(precision, device)[0]
     unique = sorted(dict.fromkeys(texts), key=len)
     chunks = [unique[i : i + batch_size] for i in range(0, len(unique), batch_size)]
 
@@ -165,3 +188,57 @@ def pair_cosines(
     e = ecg_emb[torch.as_tensor(ecg_index, dtype=torch.long)]
     t = text_emb[torch.as_tensor(text_index, dtype=torch.long)]
     return (e * t).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------- shard sets
+
+
+@dataclass
+class EmbeddedShards:
+    """Every sample of a shard set embedded once, in shard order: ``embeddings [N, D]`` (normalised, float32),
+    sample keys, reports and metadata (as ``embed_shards``'s ``keep_meta`` left it). ``texts`` is ``None``
+    where the reports were not kept (the evaluation's embedding cache holds keys, labels and embeddings)."""
+
+    urls: str | Sequence[str]
+    embeddings: np.ndarray
+    keys: list[str]
+    texts: list[str] | None
+    metas: list[dict[str, Any]]
+
+
+def embed_shards(
+    loaded: LoadedModel,
+    urls: str | Sequence[str],
+    batch_size: int = 64,
+    progress: bool | str = False,
+    keep_meta: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> EmbeddedShards:
+    """Embed every ECG of the shards ``urls`` through the model's val transform and :func:`embed_ecgs` (at
+    ``loaded.precision``), labelled or not; ``keep_meta`` picks what of each sample's metadata to keep
+    (default: all of it).
+    Raises ``ValueError`` naming the shards when they hold no sample."""
+    keys: list[str] = []
+    texts: list[str] = []
+    metas: list[dict[str, Any]] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        batch = []
+        for s in iter_samples(urls):
+            keys.append(s["__key__"])
+            texts.append(s["text"])
+            metas.append(keep_meta(s["meta"]) if keep_meta else s["meta"])
+            batch.append(ecg_to_tensor(s["ecg"], loaded.preprocess))
+            if len(batch) == batch_size:
+                yield torch.stack(batch)
+                batch = []
+        if batch:
+            yield torch.stack(batch)
+
+    try:
+        total = read_sizes(urls)
+    except RuntimeError:
+        total = None
+    emb = embed_ecgs(loaded.model, batches(), loaded.device, loaded.precision, progress=progress, total=total)
+    if not keys:
+        raise ValueError(f"no samples in {urls}")
+    return EmbeddedShards(urls, emb.numpy(), keys, texts, metas)

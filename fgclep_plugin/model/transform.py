@@ -9,11 +9,13 @@ float32 tensor ``[leads, L]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.signal import firwin, kaiserord
 
 from .tower import EcgTowerCfg
 
@@ -40,8 +42,6 @@ def antialias_kernel(factor: int) -> torch.Tensor:
     ``[1, 1, taps]`` conv1d weight: pass band flat to ``PASSBAND_FRACTION`` of the new Nyquist rate, at least
     ``STOPBAND_DB`` down from the new Nyquist rate on. For 500 -> 250 Hz: 75 taps, -60 dB from 125 Hz (a 2-sample
     mean had -3 dB at 125 Hz and passed the 150 Hz mains harmonic at -4.6 dB, folding it to 100 Hz)."""
-    from scipy.signal import firwin, kaiserord
-
     nyq_out = 0.5 / factor  # new Nyquist rate in cycles per input sample
     taps, beta = kaiserord(STOPBAND_DB, (1 - PASSBAND_FRACTION) * nyq_out * 2)
     taps += 1 - taps % 2  # odd: a whole-sample delay, removed by centring
@@ -120,3 +120,9 @@ def ecg_transforms(vision_cfg: EcgTowerCfg | dict[str, Any]) -> tuple[EcgTransfo
     """(train, val) transforms for a model's ECG ``vision_cfg``."""
     cfg = vision_cfg if isinstance(vision_cfg, EcgTowerCfg) else EcgTowerCfg.from_vision_cfg(vision_cfg)
     return EcgTransform(cfg, is_train=True), EcgTransform(cfg, is_train=False)
+
+
+def ecg_to_tensor(ecg: np.ndarray, preprocess: Callable | None) -> torch.Tensor:
+    """Canonical float16 ECG -> float32 tensor, then the model's transform (if any)."""
+    x = torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32))
+    return preprocess(x) if preprocess is not None else x

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import webdataset as wds
 from open_clip_train.data import (
@@ -34,6 +33,8 @@ from open_clip_train.data import (
 from webdataset.filters import _shuffle
 
 from ..ecgdata.reader import decode_sample, read_sizes
+from ..model.transform import ecg_to_tensor
+from .injection import injection_stages
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,6 @@ def warn_and_continue(exn: Exception) -> bool:
     """webdataset handler: log the bad sample (the message names it) and skip it, as open_clip does."""
     log.warning("Skipping bad ECG sample: %r", exn)
     return True
-
-
-def ecg_to_tensor(ecg: np.ndarray, preprocess: Callable | None) -> torch.Tensor:
-    """Canonical float16 ECG -> float32 tensor, then the model's transform (if any)."""
-    x = torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32))
-    return preprocess(x) if preprocess is not None else x
 
 
 class EpochSampleShuffle(wds.PipelineStage):
@@ -207,10 +202,21 @@ def get_ecg_wds_dataset(
         ]
     else:
         pipeline += [wds.split_by_worker, wds.tarfile_to_samples(handler=warn_and_continue)]
-    pipeline += [
-        wds.map(_to_train_pair(preprocess, tokenizer), handler=warn_and_continue),
-        wds.batched(args.batch_size, partial=not is_train),
-    ]
+    injection = getattr(args, "ecg_feature_injection", "append") if is_train else "append"
+    if injection == "append":
+        pipeline += [
+            wds.map(_to_train_pair(preprocess, tokenizer), handler=warn_and_continue),
+            wds.batched(args.batch_size, partial=not is_train),
+        ]
+    else:  # stage-2 features as captions of their own or as extra positives (training/injection.py)
+
+        def to_tensor(sample: dict) -> tuple[torch.Tensor, dict]:
+            s = decode(sample)
+            return _sample_tensor(sample, s, preprocess), s
+
+        pipeline += injection_stages(
+            injection, to_tensor, tokenizer, args.batch_size, args.seed, shared_epoch, warn_and_continue
+        )
     dataset = wds.DataPipeline(*pipeline)
 
     if is_train:

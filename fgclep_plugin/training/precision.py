@@ -28,7 +28,7 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
 def native_bf16(device: str = "cpu", cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether ``device`` computes bf16 natively (CUDA: ``torch.cuda.is_bf16_supported``; CPU: its flags)."""
     if device.startswith("cuda"):
-        import torch
+        import torch  # only for CUDA: the CPU answer (and the demo's argument parsing) need no torch
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return bool(cpu_flags(cpuinfo) & set(BF16_CPU_FLAGS))
