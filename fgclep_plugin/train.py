@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import pickle
 import sys
 from collections.abc import Iterator, Sequence
 
@@ -141,14 +143,70 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         plugin_parser().print_help()
         print("\nopen_clip_train flags:\n")
     plugin_args, rest = split_argv(argv)
+    problem = check_train_data(rest)
+    if problem:  # before any work: open_clip would train 0 steps (or loop forever with --dataset-resampled)
+        print(f"fgclep_plugin.train: error: {problem}", file=sys.stderr)
+        return 1
 
     import open_clip_train.main as oc_main
 
     from .training.hooks import register, training_hooks
 
     register()
-    with training_hooks(plugin_args), _logging_restored():
-        return oc_main.main(rest)
+    with training_hooks(plugin_args), _logging_restored(), _weights_only_resume(oc_main):
+        try:
+            return oc_main.main(rest)
+        except UnsafeCheckpoint as e:
+            print(f"fgclep_plugin.train: error: {e}", file=sys.stderr)
+            return 1
+
+
+def check_train_data(argv: Sequence[str]) -> str | None:
+    """Why ``--train-data`` cannot be trained on (no local shard it names exists, or some are missing), or None.
+
+    Remote specs (``pipe:``, ``s3://``, ...) are left to open_clip."""
+    from .ecgdata.reader import expand_urls
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--train-data", default=None)
+    spec = p.parse_known_args(list(argv))[0].train_data
+    if not spec:
+        return None
+    urls = expand_urls(spec)
+    local = [u.removeprefix("file:") for u in urls if not u.startswith("pipe:") and "://" not in u]
+    missing = [u for u in local if not os.path.isfile(u)]
+    if not urls or (local and len(missing) == len(local)):
+        return f"--train-data {spec!r} matches no shard file"
+    if missing:
+        return f"--train-data {spec!r}: {len(missing)} of {len(urls)} shards do not exist (e.g. {missing[0]})"
+    return None
+
+
+class UnsafeCheckpoint(RuntimeError):
+    """A checkpoint that ``torch.load(..., weights_only=True)`` refuses (it holds more than weights)."""
+
+
+@contextlib.contextmanager
+def _weights_only_resume(oc_main) -> Iterator[None]:
+    """``--resume`` goes through ``open_clip_train.main.pt_load``, which calls ``torch.load`` with torch's default
+    (code runs when torch is configured to allow pickles); replace it with a ``weights_only=True`` load."""
+    import fsspec
+    import torch
+
+    def pt_load(file_path: str, map_location=None):
+        with fsspec.open(file_path, "rb") as f:
+            try:
+                return torch.load(f, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                first = str(e).strip().splitlines()[0][:200]
+                raise UnsafeCheckpoint(f"{file_path}: refused to load (not plain weights; {first})") from None
+
+    saved = oc_main.pt_load
+    oc_main.pt_load = pt_load
+    try:
+        yield
+    finally:
+        oc_main.pt_load = saved
 
 
 @contextlib.contextmanager

@@ -197,3 +197,57 @@ def test_features_generate_reads_every_complete_sample_of_a_truncated_shard(caps
     )  # fmt: skip
     assert rc == 0, err
     assert json.loads(out)["samples"] == 3 and "cut-000000.tar" in err
+
+
+# --- training ------------------------------------------------------------------------------------------------
+
+
+def _train(capsys, *argv: str) -> tuple[int, str]:
+    from fgclep_plugin.train import main
+
+    rc = main(list(argv))
+    _, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, err
+
+
+def _tiny_run(logs: Path, data: str, *extra: str) -> list[str]:
+    return [
+        "--model", MODEL, "--train-data", data, "--train-num-samples", "8", "--batch-size", "4",
+        "--workers", "0", "--lr", "1e-3", "--warmup", "1", "--device", "cpu", "--precision", "fp32",
+        "--seed", "0", "--logs", str(logs), "--name", "run", "--epochs", "1", *extra,
+    ]  # fmt: skip
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch MARKER``: what a crafted checkpoint does to a loader that allows pickles."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_refuses_a_checkpoint_that_runs_code(capsys, tmp_path, monkeypatch):
+    import torch
+
+    marker, crafted = tmp_path / "code-ran", tmp_path / "crafted.pt"
+    torch.save({"epoch": 1, "state_dict": {}, "payload": _RunsCode(marker)}, crafted)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch told to allow pickles by default
+    rc, err = _train(capsys, *_tiny_run(tmp_path / "logs", str(LUDB_SHARD), "--resume", str(crafted)))
+    assert not marker.exists()
+    assert rc == 1 and f"{crafted}: refused to load" in err
+
+
+@pytest.mark.parametrize("resampled", [False, True])
+def test_training_on_shards_that_do_not_exist_stops_before_any_work(capsys, tmp_path, resampled):
+    spec = str(tmp_path / "nope-{000000..000003}.tar")
+    extra = ["--dataset-resampled"] if resampled else []
+    rc, err = _train(capsys, *_tiny_run(tmp_path / "logs", spec, *extra))
+    assert rc == 1 and err.strip().splitlines() == [
+        f"fgclep_plugin.train: error: --train-data {spec!r} matches no shard file"
+    ]
+    assert not (tmp_path / "logs").exists()  # nothing written: no log folder, no untrained checkpoint
