@@ -52,8 +52,9 @@ def untrained_auc(model_name: str, zeroshot_urls: str, label_key: str, seed: int
     import open_clip
     from open_clip_train.main import random_seed
 
-    from .training.hooks import register
-    from .training.zeroshot import get_zero_shot_data, zero_shot_auc
+    from .model.registry import register
+    from .model.zeroshot import zero_shot_auc
+    from .training.zeroshot import get_zero_shot_data
 
     register()
     random_seed(seed, 0)
