@@ -128,7 +128,7 @@ def test_demo_table_takes_each_column_from_its_rows():
 def test_fast_demo_end_to_end(tmp_path, capsys):
     """``fgclep demo --fast`` from nothing (corpus included): every stage runs and leaves what it promises."""
     out = tmp_path / "demo"
-    argv = ["--fast", "--out", str(out), "--root", str(tmp_path / "synth")]
+    argv = ["--fast", "--out", str(out), "--synth-data", str(tmp_path / "synth")]
     assert demo.main(argv) == 0
     log = capsys.readouterr().out
     stages = ("stage1", "stage2-validated", "stage2-unvalidated", *(f"stage3-{k}" for k in demo.RUNS), "eval")

@@ -6,7 +6,14 @@ import argparse
 import json
 import time
 
-from ..cli import HelpFormatter
+from ..cliargs import (
+    HelpFormatter,
+    add_out_argument,
+    add_quiet_argument,
+    add_seed_argument,
+    add_summary_json_argument,
+    add_workers_argument,
+)
 from .corpus import DEFAULT_MAXCOUNT, DEFAULT_ROOT, DEFAULT_SEED, DEFAULT_SIZES, generate_corpus
 from .reports import DEFAULT_P_MENTION
 
@@ -47,19 +54,19 @@ def add_cli(subparsers) -> None:
         "Deterministic in --seed; re-running completes a partial corpus.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--out", default=DEFAULT_ROOT, help="corpus folder")
+    add_out_argument(p, "corpus folder", default=DEFAULT_ROOT)
     p.add_argument("--train", type=int, default=DEFAULT_SIZES["train"], help="training records")
     p.add_argument("--val", type=int, default=DEFAULT_SIZES["val"], help="validation records")
     p.add_argument("--test", type=int, default=DEFAULT_SIZES["test"], help="test records")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="corpus seed")
+    add_seed_argument(p, "corpus seed", default=DEFAULT_SEED)
     p.add_argument(
         "--p-mention",
         type=float,
         default=DEFAULT_P_MENTION,
         help="probability that a report states each present waveform feature (default set from PTB-XL)",
     )
-    p.add_argument("--workers", type=int, default=1, help="parallel generator processes")
+    add_workers_argument(p, "parallel generator processes")
     p.add_argument("--maxcount", type=int, default=DEFAULT_MAXCOUNT, help="records per shard")
-    p.add_argument("--summary-json", default=None, help="also write the per-split summaries here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_summary_json_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run)

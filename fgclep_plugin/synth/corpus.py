@@ -12,11 +12,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..defaults import SYNTH_DATA
 from ..ecgdata.shards import exclusive_lock, write_shards
 from .reports import DEFAULT_P_MENTION
 from .source import SPLITS, SynthSource
 
-DEFAULT_ROOT = "data/synth"
+DEFAULT_ROOT = SYNTH_DATA
 DEFAULT_SIZES = {"train": 4000, "val": 500, "test": 500}
 DEFAULT_SEED = 0
 DEFAULT_MAXCOUNT = 500

@@ -1,0 +1,7 @@
+"""``python -m fgclep_plugin.demo``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
