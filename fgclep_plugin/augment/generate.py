@@ -226,7 +226,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def add_cli(sub: argparse._SubParsersAction, formatter: type | None = None) -> None:
     """Add ``fgclep features generate``."""
     if formatter is None:
-        from ..cli import HelpFormatter as formatter
+        from ..cliargs import HelpFormatter as formatter
     features = sub.add_parser("features", help="stage 2: candidate waveform features per report (LLM or kb)")
     fsub = features.add_subparsers(dest="features_command", required=True, metavar="ACTION")
     p = fsub.add_parser(
