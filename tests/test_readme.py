@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 from open_clip_train import params as open_clip_params
 
-from fgclep_plugin import demo
 from fgclep_plugin.cli import build_parser
+from fgclep_plugin.demo import checkpoint_paths
 from fgclep_plugin.train import split_argv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -294,11 +294,7 @@ def check_fgclep(argv: list[str], fragment: bool = False) -> list[str]:
 def demo_checkpoints() -> set[str]:
     """The checkpoint paths ``fgclep demo`` writes with its defaults, from the demo's own code."""
     args = build_parser().parse_args(["demo"])
-    if hasattr(demo, "checkpoint_paths"):  # the demo's public answer, when it has one
-        return {str(p) for p in demo.checkpoint_paths(args).values()}
-    stage1 = demo._ckpt(args, args.name or "stage1", args.epochs)
-    stage3 = [demo._ckpt(args, f"stage3-{kind}", args.stage3_epochs) for kind in demo.RUNS]
-    return {str(p) for p in (stage1, *stage3)}
+    return {str(p) for p in checkpoint_paths(args).values()}
 
 
 def test_demo_checkpoints_named_in_the_docs_are_the_ones_the_demo_writes():
