@@ -151,7 +151,7 @@ def train_fast(urls: str, n: int, sign: float = 1.0, seed: int = 0):
     torch.manual_seed(seed)
     model, pre_train, pre_val = open_clip.create_model_and_transforms("FGCLEP-Tiny")
     tokenizer = open_clip.get_tokenizer("FGCLEP-Tiny")
-    model.logit_bias.data.fill_(-1.0)  # batches of 12, not thousands (DESIGN.md 4)
+    model.logit_bias.data.fill_(-1.0)  # batches of 12: open_clip's -10 suits batches of 10-30 k
     args = SimpleNamespace(
         train_data=urls, val_data=None, train_num_samples=n, batch_size=FAST_BATCH, workers=0, world_size=1,
         seed=seed, dataset_resampled=False, train_data_upsampling_factors=None,

@@ -1,6 +1,6 @@
 """The training precision to use where none is given: bf16 autocast only where the hardware has bf16.
 
-Measured on this project's 2-core machines (README, "Measured results"): bf16 autocast roughly doubles
+Measured on this project's 2-core machines (docs/results.md): bf16 autocast roughly doubles
 training throughput on a CPU with native bf16 instructions (AVX512-BF16 / AMX), and makes the text tower's
 backward pass about 30x slower on one without them (an AVX2-only AMD EPYC), where it is emulated.
 """
