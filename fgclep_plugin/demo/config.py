@@ -5,8 +5,8 @@ from __future__ import annotations
 # FNM weight of the demo. With Eq. 6's normalisation (the loss default) the FNM term sums each ECG's |cos - S|
 # over the B reports, so it grows with the batch; at the demo's B = 32 the paper's 0.5 makes FNM more than twice
 # the SigLIP term and slows the diagnosis zero-shot AUC curve (measured, docs/results.md "Stage-1 learning on
-# the synthetic corpus"; it reads feature phrases better), while 0.05 keeps FNM at about a fifth of SigLIP and ends near the
-# old term's diagnosis AUC. The paper config
+# the synthetic corpus"; it reads feature phrases better), while 0.05 keeps FNM at about a fifth of SigLIP and
+# ends near the old term's diagnosis AUC. The paper config
 # (B = 100) keeps 0.5, the training entry point's default.
 DEMO_FNM_LAMBDA = 0.05
 
