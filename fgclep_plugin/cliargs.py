@@ -62,7 +62,7 @@ def parse_checkpoint_path(text: str) -> str | None:
 
 
 class _DataAlias(argparse.Action):
-    """The positional shard spec kept as an alias of ``--data`` (``fgclep info SHARDS``)."""
+    """``--data`` and the positional shard spec kept as its alias (``fgclep info SHARDS``): one of the two."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values is None:  # the optional positional matched nothing
@@ -78,8 +78,10 @@ def add_data_argument(
     """``--data SHARDS``: shard input (brace ranges, ``::`` joins sets). ``positional_alias``: the shard spec
     may also be given positionally (older ``info`` / ``show`` usage); then :func:`check_data` enforces
     ``required`` after parsing."""
-    p.add_argument("--data", required=required and not positional_alias, default=None, help=help)
-    if positional_alias:
+    if not positional_alias:
+        p.add_argument("--data", required=required, default=None, help=help)
+    else:
+        p.add_argument("--data", action=_DataAlias, default=None, help=help)
         p.add_argument(
             "data_positional",
             nargs="?",
@@ -128,9 +130,13 @@ def add_model_arguments(
         )
 
 
-def add_out_argument(p: argparse.ArgumentParser, help: str, default: str | None = None) -> None:
-    """``--out``: required unless ``default`` is given."""
-    p.add_argument("--out", required=default is None, default=default, help=help)
+def add_out_argument(
+    p: argparse.ArgumentParser, help: str, default: str | None = None, *, required: bool | None = None
+) -> None:
+    """``--out``: required unless ``default`` is given (or ``required=False``: an optional output)."""
+    p.add_argument(
+        "--out", required=default is None if required is None else required, default=default, help=help
+    )
 
 
 def add_quiet_argument(p: argparse.ArgumentParser) -> None:

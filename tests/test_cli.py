@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from shard_helpers import DATA
 
 from fgclep_plugin.cli import main
@@ -241,3 +242,73 @@ def test_shards_fail_when_a_reader_bug_rejects_records(tmp_path, monkeypatch, ca
 
     LudbSource.broken = set()  # no bug: success
     assert main([*args, "--out", str(tmp_path / "ok" / "l-%06d.tar")]) == 0
+
+
+def _options_without_help(parser, path):
+    """(command, option) of every argument in ``parser`` and its subcommands that has no help text."""
+    import argparse
+
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            for name, sub in a.choices.items():
+                yield from _options_without_help(sub, [*path, name])
+        elif a.help is None or (a.help != argparse.SUPPRESS and not a.help.strip()):
+            yield " ".join(path), "/".join(a.option_strings) or a.dest
+
+
+def test_every_option_of_every_subcommand_has_help():
+    from fgclep_plugin.cli import build_parser
+
+    parser = build_parser()
+    assert not list(_options_without_help(parser, ["fgclep"]))
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"shards", "eval", "demo", "info", "show", "retrieve", "figures", "augment", "synth"} <= set(
+        sub.choices
+    )
+
+
+def test_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    r = _fgclep("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"fgclep {version('fgclep-plugin')}"
+
+
+def test_a_runtime_error_exits_1_with_one_line_naming_the_file(tmp_path):
+    missing = tmp_path / "nope-000000.tar"
+    r = _fgclep("info", "--data", str(missing))
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and str(missing) in r.stderr
+    assert r.stderr.startswith("fgclep info: error:") and "Traceback" not in r.stderr
+
+
+def test_one_cli_convention(capsys):
+    """--data everywhere (info/show keep the positional form), --checkpoint required where a model scores
+    ('none' = random weights), usage errors exit 2."""
+    from fgclep_plugin.cli import build_parser
+
+    test_shard = str(ROOT / "shards/ludb/ludb-test-000000.tar")
+    parser = build_parser()
+    assert parser.parse_args(["info", "--data", test_shard]).data == test_shard
+    assert parser.parse_args(["info", test_shard]).data == test_shard
+    for argv in (["info"], ["info", test_shard, "--data", test_shard]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+    for command in (
+        ["retrieve"],
+        ["figures", "--label-key", "x", "--out", "o"],
+        ["augment", "--out", "o-%06d.tar", "--cache", "c"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([*command, "--data", test_shard])
+        assert e.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+        assert parser.parse_args([*command, "--data", test_shard, "--checkpoint", "none"]).checkpoint is None
+    fig = parser.parse_args(["figures", "--data", "d", "--checkpoint", "c", "--label-key", "k", "--out", "o"])
+    assert fig.batch_size == 24
+    assert (
+        parser.parse_args(
+            ["figures", "--data", "d", "--checkpoint", "c", "--label-key", "k", "--out", "o", "--batch", "8"]
+        ).batch_size
+        == 8
+    )

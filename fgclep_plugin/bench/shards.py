@@ -96,11 +96,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", default="ludb")
-    p.add_argument("--root", default=str(DEFAULT_ROOT))
+    p.add_argument("--source", default="ludb", help="dataset reader (fgclep sources)")
+    p.add_argument("--root", default=str(DEFAULT_ROOT), help="dataset folder")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records")
-    p.add_argument("--maxcount", type=int, default=100)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--maxcount", type=int, default=100, help="ECGs per shard")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions per configuration")
     p.add_argument(
         "--scale", type=int, default=5, help="stream the shards this many times for the memory check"
     )

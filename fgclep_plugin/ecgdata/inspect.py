@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cliargs import HelpFormatter
+from ..cliargs import HelpFormatter, add_data_argument
 from .ecg import FS, LEADS
 from .labels import labels_from_meta
 from .plot import plot_ecg12
@@ -49,7 +49,7 @@ def summarize(urls: str, label_key: str | None = None, top: int = 15) -> dict[st
 
 def run_info(args: argparse.Namespace) -> int:
     """``fgclep info``."""
-    s = summarize(args.urls, args.label_key, args.top)
+    s = summarize(args.data, args.label_key, args.top)
     if args.json:
         print(json.dumps(s, indent=1))
         return 0
@@ -94,7 +94,7 @@ def run_show(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = find_sample(args.urls, args.key, args.index)
+    s = find_sample(args.data, args.key, args.index)
     print(f"{s['__key__']}: {s['text']}")
     if args.meta:
         print(json.dumps(s["meta"], indent=1, sort_keys=True))
@@ -115,7 +115,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description=summarize.__doc__,
         formatter_class=HelpFormatter,
     )
-    p.add_argument("urls", help="shards, e.g. 'shards/ludb/ludb-train-{000000..000002}.tar'")
+    add_data_argument(p, "shards, e.g. 'shards/ludb/ludb-train-{000000..000002}.tar'", positional_alias=True)
     p.add_argument("--label-key", default=None, help="count the classes in json labels[KEY] (e.g. diagnoses)")
     p.add_argument("--top", type=int, default=15, help="how many reports / labels to list")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -128,7 +128,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "way: 25 mm/s, 10 mm/mV, 3x4 leads + a lead II rhythm strip.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("urls", help="shards to search")
+    add_data_argument(p, "shards to search", positional_alias=True)
     p.add_argument("--key", default=None, help="the sample's __key__ (default: by --index)")
     p.add_argument("--index", type=int, default=0, help="the sample's position in the shard set")
     p.add_argument(
@@ -136,6 +136,6 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="PNG path (default: KEY.png in the working folder, KEY made file-name safe)",
     )
-    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--dpi", type=int, default=150, help="resolution of the PNG (dots per inch)")
     p.add_argument("--meta", action="store_true", help="also print the sample's json metadata")
     p.set_defaults(func=run_show)

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import HelpFormatter, add_model_arguments
+from ..cliargs import (
+    HelpFormatter,
+    add_batch_size_argument,
+    add_device_argument,
+    add_model_arguments,
+    add_out_argument,
+    add_quiet_argument,
+    add_seed_argument,
+)
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.plot import save_png
 from ..ecgdata.shards import atomic_write_json
@@ -269,7 +277,7 @@ def run_figures(args: argparse.Namespace) -> int:
         args.out,
         args.label_key,
         args.normal_class,
-        args.batch,
+        args.batch_size,
         args.seed,
         args.perplexity,
         args.max_points,
@@ -302,14 +310,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="class of labels[KEY] that marks a normal ECG; adds the normal-vs-abnormal similarity batch",
     )
-    p.add_argument("--out", required=True, help="folder for the PNGs and figures.json")
-    p.add_argument("--batch", type=int, default=24, help="reports per similarity batch")
-    p.add_argument("--perplexity", type=float, default=30.0)
+    add_out_argument(p, "folder for the PNGs and figures.json")
+    add_batch_size_argument(p, 24, "reports per similarity batch", batch_alias=True)
+    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     p.add_argument("--max-points", type=int, default=3000, help="t-SNE of a seeded subset of larger sets")
-    p.add_argument(
-        "--seed", type=int, default=0, help="t-SNE, batch draws, initial weights without --checkpoint"
-    )
-    p.add_argument("--dpi", type=int, default=100)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_seed_argument(p, "t-SNE, batch draws, the random weights of --checkpoint none")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (dots per inch)")
+    add_device_argument(p)
+    add_quiet_argument(p)
     p.set_defaults(func=run_figures)

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import HelpFormatter, add_model_arguments
+from ..cliargs import (
+    HelpFormatter,
+    add_batch_size_argument,
+    add_device_argument,
+    add_model_arguments,
+    add_out_argument,
+    add_quiet_argument,
+    add_seed_argument,
+)
 from ..ecgdata.ecg import FS, LEADS
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.plot import paper_size_mm, plot_ecg12, save_png
@@ -408,11 +416,11 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"class name -> query text: a JSON file, or '{SYNTH_FEATURES}' (the simulator's feature phrases)",
     )
-    p.add_argument("--out", default=None, help="folder for retrieval.json and the figures (PNG)")
+    add_out_argument(p, "folder for retrieval.json and the figures (PNG)", required=False)
     p.add_argument("--plot-k", type=int, default=3, help="ECGs drawn per text query (0: no figure)")
-    p.add_argument("--dpi", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0, help="torch seed (initial weights without --checkpoint)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dpi", type=int, default=100, help="resolution of the figures (dots per inch)")
+    add_batch_size_argument(p, 64, "ECGs per encoder batch")
+    add_device_argument(p)
+    add_seed_argument(p, "torch seed (the random weights of --checkpoint none)")
+    add_quiet_argument(p)
     p.set_defaults(func=run_retrieve)
