@@ -251,3 +251,152 @@ def test_training_on_shards_that_do_not_exist_stops_before_any_work(capsys, tmp_
         f"fgclep_plugin.train: error: --train-data {spec!r} matches no shard file"
     ]
     assert not (tmp_path / "logs").exists()  # nothing written: no log folder, no untrained checkpoint
+
+
+# --- the candidate cache and a hostile OpenAI-compatible server ------------------------------------------------
+
+SHARD5 = "ludb5-000000.tar"
+
+
+@pytest.fixture(scope="module")
+def shard5(tmp_path_factory) -> Path:
+    """The first 5 LUDB test samples as a shard of their own (5 distinct reports)."""
+    return _write(tmp_path_factory.mktemp("in5") / SHARD5, _tar_bytes(_members(samples=5)))
+
+
+def _reports(shard: Path) -> list[str]:
+    from fgclep_plugin.augment.text import normalise_report
+
+    return [normalise_report(r["txt"].decode()) for r in iter_raw(str(shard))]
+
+
+DEEP = "[" * 200_000 + "]" * 200_000
+HOSTILE_REPLIES = {  # name -> (HTTP status, content type, body) sent for the victim report
+    "html-body-status-200": (200, "text/html", b"<html><body>502 Bad Gateway</body></html>"),
+    "deeply-nested-body": (200, "application/json", DEEP.encode()),
+    "5000-digit-number-body": (200, "application/json", b'{"choices": [{"index": ' + b"7" * 5000 + b"}]}"),
+    "non-utf8-body": (200, "application/json", b'{"choices": "\xff\xfe\xfa"}'),
+    "json-list-body": (200, "application/json", b"[1, 2, 3]"),
+    "choices-a-string": (200, "application/json", b'{"choices": "abc"}'),
+    "content-a-list": (200, "application/json", b'{"choices": [{"message": {"content": ["st elevation"]}}]}'),
+    "content-a-number": (200, "application/json", b'{"choices": [{"message": {"content": 12}}]}'),
+    "content-deeply-nested-list": (
+        200, "application/json", json.dumps({"choices": [{"message": {"content": DEEP[:40000]}}]}).encode()
+    ),
+    "content-5000-digit-number": (
+        200, "application/json", json.dumps({"choices": [{"message": {"content": "[" + "9" * 5000 + "]"}}]}).encode()
+    ),
+    "status-500": (500, "text/plain", b"internal error"),
+}  # fmt: skip
+
+
+class _LlmServer:
+    """A local OpenAI-compatible chat server: a good answer for every report except ``victim``, which gets
+    ``HOSTILE_REPLIES[mode]``. Runs in a daemon thread and stops itself after ``lifetime`` seconds."""
+
+    def __init__(self, victim: str, mode: str, lifetime: float = 120.0):
+        import http.server
+        import threading
+
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests += 1
+                if f"Report: {victim}\n" in body["messages"][-1]["content"]:
+                    status, ctype, data = HOSTILE_REPLIES[mode]
+                else:
+                    status, ctype = 200, "application/json"
+                    answer = {"message": {"content": '["st elevation", "prolonged pr interval"]'}}
+                    data = json.dumps({"choices": [answer]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.timer = threading.Timer(lifetime, self.server.shutdown)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def close(self) -> None:
+        self.timer.cancel()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("mode", sorted(HOSTILE_REPLIES))
+def test_hostile_llm_answer_is_a_recorded_failure_and_the_run_goes_on(capsys, tmp_path, shard5, mode):
+    from fgclep_plugin.augment.cache import load_entries
+    from fgclep_plugin.augment.text import PROMPT_VERSION, report_key
+
+    reports = _reports(shard5)
+    victim = reports[0]
+    server = _LlmServer(victim, mode)
+    try:
+        rc, out, err = _cli(
+            capsys, "features", "generate", "--data", str(shard5), "--cache", str(tmp_path / "c"),
+            "--backend", "openai", "--base-url", server.url, "--model", "m", "--quiet", "--concurrency", "2",
+        )  # fmt: skip
+    finally:
+        server.close()
+    assert rc == 0, err
+    summary = json.loads(out)
+    unique = len(set(reports))
+    # a string answer that is no list of features is an answer (unparsable); every other reply a failed request
+    status = "unparsable" if mode in ("content-5000-digit-number", "content-deeply-nested-list") else "error"
+    assert summary["calls_made"] == unique and summary["status"][status] == 1
+    assert summary["unanswered"] == summary["failures"] == (status == "error")
+    assert repr(victim)[:40] in err  # the failure names the report
+    entries = load_entries(tmp_path / "c", "openai", "m", PROMPT_VERSION, include_errors=True)
+    assert len(entries) == unique  # every report recorded: answers + the one failure
+    bad = entries[report_key(victim)]
+    assert bad["status"] == status and bad["features"] == [] and bad["raw"]  # the reason / the answer is kept
+    assert all(
+        e["features"] == ["st elevation", "prolonged pr interval"] for k, e in entries.items() if e is not bad
+    )
+
+
+def _cache_line(**over) -> bytes:
+    from fgclep_plugin.augment.text import PROMPT_VERSION
+
+    entry = {"key": "ab" * 32, "backend": "openai", "model": "m", "prompt_version": PROMPT_VERSION,
+             "report": "sinus rhythm.", "features": ["st elevation"], "status": "ok", "raw": ""}  # fmt: skip
+    return (json.dumps({**entry, **over}) + "\n").encode()
+
+
+BAD_CACHE_LINES = {
+    "binary-bytes": b"\xff\xfe\x00\x01garbage\x80\x81\n",
+    "not-json": b"{this is not json\n",
+    "json-list": b'["a", "b"]\n',
+    "key-a-list": _cache_line(key=["ab"]),
+    "features-a-string": _cache_line(features="st elevation"),
+    "features-numbers": _cache_line(features=[1, 2]),
+    "unknown-status": _cache_line(status="great"),
+    "5000-digit-number": b'{"key": "k", "n": ' + b"1" * 5000 + b"}\n",
+    "deeply-nested": (DEEP[:20000] + "\n").encode(),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_CACHE_LINES))
+def test_bad_cache_line_is_skipped_with_file_and_line_named(tmp_path, bad):
+    from fgclep_plugin.augment.cache import load_candidates
+    from fgclep_plugin.augment.text import PROMPT_VERSION
+
+    part = tmp_path / "c" / "part-00000-of-00001.jsonl"
+    good = _cache_line(key="cd" * 32)
+    _write(part, good + BAD_CACHE_LINES[bad] + good.replace(b"cd" * 32, b"ef" * 32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = load_candidates(tmp_path / "c", "openai", "m", PROMPT_VERSION)
+    assert got == {"cd" * 32: ["st elevation"], "ef" * 32: ["st elevation"]}  # in = out + skipped: 3 = 2 + 1
+    (w,) = [str(x.message) for x in caught]
+    assert w.startswith(f"{part}:2: cache line skipped")

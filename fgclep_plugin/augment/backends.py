@@ -35,6 +35,7 @@ class Backend:
         self.schema = answer_schema(max_features, max_chars)
         self.failures = 0  # first attempts that failed (each retried once)
         self.failed = 0  # reports whose retry failed too
+        self.errors: dict[str, str] = {}  # report -> why its last request failed (where the backend knows)
 
     def _attempt(self, reports: Sequence[str]) -> list[str | None]:
         """One try at every report: its answer text, or None if its request failed."""
@@ -182,12 +183,24 @@ class OpenAIBackend(Backend):
         )
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                return json.loads(r.read())
+                body = r.read()
         except urllib.error.HTTPError as e:
             detail = e.read()[:300].decode("utf-8", "replace")
             raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as e:
             raise RuntimeError(f"cannot reach the server at {self.base_url}{path}: {e}") from None
+        try:
+            reply = json.loads(body.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # HTML, bad UTF-8, 5000-digit numbers, deep nesting
+            start = body[:60].decode("utf-8", "replace")
+            raise RuntimeError(
+                f"{self.base_url}{path}: the reply is not JSON ({type(e).__name__}; starts {start!r})"
+            ) from None
+        if not isinstance(reply, dict):  # a bad reply is a failed request (RuntimeError), not a caller's bug
+            raise RuntimeError(  # noqa: TRY004
+                f"{self.base_url}{path}: the reply is a JSON {type(reply).__name__}, not an object"
+            )
+        return reply
 
     def body(self, report: str) -> dict:
         """The chat-completions request for one report."""
@@ -207,15 +220,25 @@ class OpenAIBackend(Backend):
         return body
 
     def _one(self, report: str) -> str | None:
+        """The answer text for one report, or None (a warning naming the report and the reason) when the
+        request fails or the reply is not a chat completion with a string answer."""
         try:
             reply = self._request("POST", "/chat/completions", self.body(report))
-            choice = reply["choices"][0]
-        except (RuntimeError, KeyError, IndexError, TypeError) as e:
-            warnings.warn(f"openai request failed: {e}", stacklevel=2)
+            choices = reply.get("choices")
+            choice = choices[0] if isinstance(choices, list) and choices else None
+            if not isinstance(choice, dict):
+                raise RuntimeError("the reply has no 'choices' list of objects")  # noqa: TRY004
+            if choice.get("finish_reason") in ("error", "abort"):
+                raise RuntimeError(f"the server aborted the answer (finish_reason {choice['finish_reason']})")
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else None
+            if content is not None and not isinstance(content, str):
+                raise RuntimeError(f"the answer's content is a JSON {type(content).__name__}, not a string")
+        except RuntimeError as e:
+            self.errors[report] = str(e)[:300]
+            warnings.warn(f"openai request for report {report!r:.80} failed: {e}", stacklevel=2)
             return None
-        if choice.get("finish_reason") in ("error", "abort"):
-            return None
-        return (choice.get("message") or {}).get("content") or ""
+        return content or ""
 
     def _attempt(self, reports: Sequence[str]) -> list[str | None]:
         with ThreadPoolExecutor(max(1, min(self.concurrency, len(reports)))) as pool:
@@ -281,6 +304,7 @@ class LazyBackend(Backend):
             self._inner = self._build()
         out = self._inner.complete(reports)
         self.failures, self.failed = self._inner.failures, self._inner.failed
+        self.errors = self._inner.errors
         return out
 
     def close(self) -> None:

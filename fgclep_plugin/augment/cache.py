@@ -31,7 +31,26 @@ def part_name(index: int, n: int) -> str:
     return f"part-{index:05d}-of-{n:05d}.jsonl"
 
 
+def entry_problem(entry: object) -> str | None:
+    """Why a parsed cache line is not a valid entry (wrong types, unknown status), or None."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    for field in ("key", "backend", "model", "prompt_version"):
+        if not isinstance(entry.get(field), str):
+            return f"'{field}' is {type(entry.get(field)).__name__}, not a string"
+    if entry.get("status") not in STATUSES:
+        return f"status {entry.get('status')!r:.40} is not one of {', '.join(STATUSES)}"
+    features = entry.get("features", [])
+    if not isinstance(features, list) or not all(isinstance(f, str) for f in features):
+        return "'features' is not a list of strings"
+    if not isinstance(entry.get("report", ""), str):
+        return "'report' is not a string"
+    return None
+
+
 def _iter_part(path: Path) -> Iterator[dict[str, Any]]:
+    """Valid entries of one part file; a line that is not UTF-8 JSON of a valid entry is skipped with a warning
+    naming ``file:line``."""
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.endswith(b"\n"):
@@ -39,12 +58,17 @@ def _iter_part(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                warnings.warn(f"{path}:{number}: unreadable cache line skipped", stacklevel=3)
+                entry = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                problem = "not UTF-8 text"
+            except (ValueError, RecursionError) as e:  # JSON errors, 5000-digit numbers, deep nesting
+                problem = f"not JSON ({type(e).__name__}: {str(e)[:80]})"
+            else:
+                problem = entry_problem(entry)
+            if problem:
+                warnings.warn(f"{path}:{number}: cache line skipped: {problem}", stacklevel=3)
                 continue
-            if isinstance(entry, dict) and "key" in entry:
-                yield entry
+            yield entry
 
 
 def iter_entries(cache_dir: str | os.PathLike) -> Iterator[dict[str, Any]]:

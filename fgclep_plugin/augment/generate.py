@@ -105,15 +105,18 @@ def generate(
             keys = todo[start : start + batch_size]
             texts = backend.complete([reports[k] for k in keys])
             for key, text in zip(keys, texts):
-                if text is None:
+                if text is None:  # the reason (where the backend knows it) is kept in the entry's raw
                     features, status = [], "error"
+                    text = backend.errors.get(reports[key], "")
                 else:
                     features, status = parse_answer(text, backend.max_features)
                 statuses[status] += 1
                 if status != "ok" and named < MAX_WARNINGS:
                     named += 1
                     what = (
-                        "the request failed twice" if status == "error" else f"answer {status}: {text!r:.120}"
+                        f"the request failed twice ({text or 'no reason given'})"
+                        if status == "error"
+                        else f"answer {status}: {text!r:.120}"
                     )
                     warnings.warn(
                         f"report {key[:12]} ({reports[key]!r:.80}): {what}; 0 candidates", stacklevel=2
@@ -134,6 +137,7 @@ def generate(
         "calls_made": len(todo),
         "retries": backend.failures,
         "failures": backend.failed,
+        "unanswered": sum(f is None for f in answered),  # no answer yet: a failed request, retried next run
         "status": dict(statuses),
         "not_named_in_warnings": max(0, sum(v for s, v in statuses.items() if s != "ok") - named),
         "candidates_per_report": round(sum(counts) / len(counts), 3) if counts else 0.0,
@@ -217,9 +221,16 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     print(json.dumps(summary, indent=1))
     if args.summary_json:
-        from pathlib import Path
+        from ..ecgdata.shards import atomic_write_json
 
-        Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n")
+        atomic_write_json(args.summary_json, summary)
+    if summary["reports_in_part"] and summary["unanswered"] == summary["reports_in_part"]:
+        print(
+            f"features generate: error: no report has an answer ({summary['failures']} requests failed twice; "
+            f"reasons in {summary['cache']})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -295,7 +306,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"features generate: error: {e}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

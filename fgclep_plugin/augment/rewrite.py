@@ -150,7 +150,8 @@ class CandidateSource:
             prompt_version,
         )
         self.index, self.n = index, n
-        self.entries = load_entries(cache_dir, backend, model, prompt_version)
+        # a request that failed twice (status error) counts as 0 candidates, warned: the run goes on
+        self.entries = load_entries(cache_dir, backend, model, prompt_version, include_errors=True)
         self.made: set[str] = set()
         self.cached: set[str] = set()
         self.warned = 0

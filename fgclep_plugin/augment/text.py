@@ -102,7 +102,7 @@ def _literal_values(text: str) -> Iterator[object]:
     for i in starts:
         try:
             yield decoder.raw_decode(text, i)[0]
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # bad JSON, numbers over Python's digit limit, deep nesting
             pass
     for i in starts:  # Python literals: ['a', 'b'] with single quotes; try the spans ending at each closer
         closer = "]" if text[i] == "[" else "}"
@@ -130,7 +130,7 @@ def parse_answer(raw: str | None, max_features: int = 2 * MAX_FEATURES) -> tuple
     (:func:`normalise_feature`); duplicates and non-string items are dropped. Untrusted text is parsed with
     ``json`` / ``ast.literal_eval`` only.
     """
-    text = (raw or "").strip()
+    text = raw.strip() if isinstance(raw, str) else ""
     if not text:
         return [], "empty"
     fenced = [m.group(1) for m in _FENCE.finditer(text)]
