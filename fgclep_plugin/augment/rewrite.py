@@ -628,7 +628,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=HelpFormatter,
         epilog="example:\n  fgclep augment --data 'data/synth/train/synth-train-{000000..000007}.tar' "
-        "--cache cands --checkpoint runs/demo/checkpoints/epoch_8.pt --out aug/train-%06d.tar\n"
+        "--cache cands --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --out aug/train-%06d.tar\n"
         "  (the paper's rule: --rule paper)",
     )
     add_data_argument(p, "input shards (brace ranges, '::' joins)")

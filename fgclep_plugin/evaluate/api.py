@@ -2,7 +2,7 @@
 
     from fgclep_plugin.evaluate import EvalSettings, evaluate
 
-    rows = evaluate(EvalSettings(checkpoints={"CLEP": "runs/clep/checkpoints/epoch_8.pt"},
+    rows = evaluate(EvalSettings(checkpoints={"CLEP": "runs/demo/stage1/checkpoints/epoch_6.pt"},
                                  tasks=["synth-diagnosis", "ludb-rhythm"]))
 
 Each row is one (checkpoint, task, protocol[, prompt set | label fraction]) result, as ``results.json`` holds

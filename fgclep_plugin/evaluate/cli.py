@@ -23,9 +23,9 @@ from .tasks import ALL_TASKS, MERL_DATASETS
 
 EXAMPLES = """examples:
   fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
-  fgclep eval zeroshot --model FGCLEP-ResNet1d18-MiniLM --checkpoint CLEP=runs/clep/checkpoints/epoch_8.pt \\
-      --checkpoint FG-CLEP=runs/fgclep/checkpoints/epoch_3.pt --task synth-diagnosis --task ludb-rhythm
-  fgclep eval linear --model FGCLEP-ResNet1d18-MiniLM --checkpoint runs/clep/checkpoints/epoch_8.pt \\
+  fgclep eval zeroshot --model FGCLEP-ResNet1d18-MiniLM --checkpoint CLEP=runs/demo/stage1/checkpoints/epoch_6.pt \\
+      --checkpoint FG-CLEP=runs/demo/stage3-validated/checkpoints/epoch_2.pt --task synth-diagnosis --task ludb-rhythm
+  fgclep eval linear --model FGCLEP-ResNet1d18-MiniLM --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt \\
       --task synth-diagnosis --merl-selection
 """
 
