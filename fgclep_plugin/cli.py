@@ -58,6 +58,7 @@ def run_shards(args: argparse.Namespace) -> int:
     if args.limit is not None:
         items = items[: args.limit]
     canon = {"min_seconds": args.min_seconds, "crop": args.crop, "max_nan_gap_s": args.max_nan_gap}
+    canon.update(min_fs=args.min_fs, max_fs=args.max_fs)
     summary = write_shards(
         source, args.out, args.maxcount, args.workers, items=items, canon_opts=canon, progress=not args.quiet
     )
@@ -124,6 +125,8 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--crop", choices=["start", "center"], default="start", help="which 10 s of longer records"
     )
+    p.add_argument("--min-fs", type=float, default=50.0, help="reject records sampled below this rate (Hz)")
+    p.add_argument("--max-fs", type=float, default=20000.0, help="reject records sampled above this rate (Hz)")
     p.add_argument(
         "--max-nan-gap", type=float, default=0.1, help="longest NaN run (s) repaired by interpolation"
     )

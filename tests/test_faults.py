@@ -400,3 +400,137 @@ def test_bad_cache_line_is_skipped_with_file_and_line_named(tmp_path, bad):
     assert got == {"cd" * 32: ["st elevation"], "ef" * 32: ["st elevation"]}  # in = out + skipped: 3 = 2 + 1
     (w,) = [str(x.message) for x in caught]
     assert w.startswith(f"{part}:2: cache line skipped")
+
+
+# --- converters and settings ---------------------------------------------------------------------------------
+
+LUDB_DATA = ROOT.parent / "shared" / "data" / "ludb" / "data"
+
+
+def _wfdb_folder(tmp_path: Path, rates: dict[str, str]) -> Path:
+    """LUDB records (real WFDB files) under new names, each header claiming the sampling rate given."""
+    root = tmp_path / "wfdb"
+    root.mkdir()
+    rows = ["record,report"]
+    for i, (name, rate) in enumerate(rates.items(), 1):
+        hea = (LUDB_DATA / f"{i}.hea").read_text().replace(f"{i}.dat", f"{name}.dat")
+        first, rest = hea.split("\n", 1)
+        parts = first.split()
+        (root / f"{name}.hea").write_text(" ".join([name, parts[1], rate, *parts[3:]]) + "\n" + rest)
+        (root / f"{name}.dat").write_bytes((LUDB_DATA / f"{i}.dat").read_bytes())
+        rows.append(f"{name},sinus rhythm. normal ecg.")
+    (root / "reports.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.mark.parametrize("rate", ["0.5", "25000"])
+def test_implausible_sampling_rate_is_rejected_naming_the_record(capsys, tmp_path, rate):
+    root = _wfdb_folder(tmp_path, {"good": "500", "odd": rate})
+    out = tmp_path / "out" / "g-%06d.tar"
+    rc, _, err = _cli(capsys, "shards", "generic", "--root", str(root), "--out", str(out), "--quiet")
+    assert rc == 0, err
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "g.rejects.jsonl").read_text().splitlines()]
+    assert [r["reason"] for r in rejects] == ["bad-fs"] and "odd" in rejects[0]["message"]
+    assert [r["__key__"] for r in iter_raw(str(tmp_path / "out" / "g-000000.tar"))] == [
+        "generic_good"
+    ]  # 2 = 1 + 1
+
+
+def test_sampling_rate_check_can_be_overridden(capsys, tmp_path):
+    root = _wfdb_folder(tmp_path, {"good": "500", "odd": "0.5"})
+    out = tmp_path / "out" / "g-%06d.tar"
+    rc, _, err = _cli(
+        capsys, "shards", "generic", "--root", str(root), "--out", str(out), "--quiet", "--min-fs", "0.1"
+    )
+    assert rc == 0, err
+    assert len(list(iter_raw(str(tmp_path / "out" / "g-000000.tar")))) == 2
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--cosine-threshold", "nan"),
+        ("--cosine-threshold", "1.5"),
+        ("--paper-threshold", "2"),
+        ("--paper-threshold", "inf"),
+        ("--quantile", "0"),
+        ("--calib-size", "0"),
+        ("--calib-size", "ten"),
+    ],
+)
+def test_nonsense_rule_settings_are_usage_errors(capsys, tmp_path, flag, value):
+    rc, _, err = _cli(
+        capsys, "augment", "--data", str(LUDB_SHARD), "--out", str(tmp_path / "a-%06d.tar"),
+        "--cache", str(tmp_path / "c"), "--checkpoint", "none", flag, value,
+    )  # fmt: skip
+    assert rc == 2 and f"argument {flag}: " in err
+    assert not (tmp_path / "c").exists() and not list(tmp_path.glob("*.tar"))  # stopped before any work
+
+
+def _npy(a) -> bytes:
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+BAD_SAMPLES = {  # name -> member suffix -> replacement bytes
+    "json-a-list": {"json": b"[1, 2]"},
+    "json-a-string": {"json": b'"a report"'},
+    "json-not-utf8": {"json": b"\xff\xfe{}"},
+    "npy-of-strings": {"npy": None},  # filled in by the test: a [12, 5000] array of strings
+    "npy-wrong-shape": {"npy": None},
+    "npy-pickled-object": {
+        "npy": b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (12, 5000), }"
+        + b" " * 44
+        + b"\n"
+    },
+    "txt-not-utf8": {"txt": b"\xff\xfe\xfa"},
+    "no-npy": {"npy": b""},
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_SAMPLES))
+def test_augment_rejects_a_bad_sample_and_keeps_the_rest(capsys, tmp_path, ckpt, bad):
+    import numpy as np
+
+    members = _members(samples=4)
+    victim = members[3][0].split(".")[0]  # the 2nd sample
+    change = dict(BAD_SAMPLES[bad])
+    if bad == "npy-of-strings":
+        change["npy"] = _npy(np.full((12, 5000), "x"))
+    if bad == "npy-wrong-shape":
+        change["npy"] = _npy(np.zeros((12, 100), np.float16))
+    crafted = []
+    for name, data in members:
+        key, suffix = name.split(".", 1)
+        if key == victim and suffix in change:
+            if not change[suffix]:
+                continue  # the member is left out
+            data = change[suffix]
+        crafted.append((name, data))
+    shard = _write(tmp_path / "in" / "bad-000000.tar", _tar_bytes(crafted))
+    rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
+    assert rc == 0, err
+    (rej,) = _rejects(tmp_path)
+    assert (
+        rej["reason"] == "corrupt-sample" and victim in rej["message"] and "bad-000000.tar" in rej["message"]
+    )
+    assert _out_keys(tmp_path) == [n.split(".")[0] for n, _ in members[::3] if not n.startswith(victim + ".")]
+    # a re-run resumes over the same output (the summary reads every written sample back)
+    rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
+    assert rc == 0 and json.loads((tmp_path / "aug-summary.json").read_text())["samples"] == 3
+
+
+def test_duplicate_json_keys_do_not_crash_the_summary(capsys, tmp_path, ckpt):
+    members = _members(samples=3)
+    crafted = [
+        (n, d[:-1] + b', "source": "again", "stage2": {"x": 1}}' if n.endswith(".json") else d)
+        for n, d in members
+    ]
+    shard = _write(tmp_path / "in" / "dupjson-000000.tar", _tar_bytes(crafted))
+    for _ in range(2):  # the first run and a resumed one
+        rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
+        assert rc == 0, err
+        assert json.loads((tmp_path / "aug-summary.json").read_text())["samples"] == 3

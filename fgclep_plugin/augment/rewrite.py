@@ -102,7 +102,9 @@ def read_shard(url: str) -> Iterator[tuple[str, dict[str, Any] | RejectError]]:
             if key in seen:
                 yield (
                     f"{key}#{n}",
-                    RejectError("duplicate-key", f"{url}: sample {n} repeats key {key}; the first one is kept"),
+                    RejectError(
+                        "duplicate-key", f"{url}: sample {n} repeats key {key}; the first one is kept"
+                    ),
                 )
                 continue
             seen.add(key)
@@ -620,6 +622,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number_in(low: float, high: float, cast: type = float, closed: bool = True):
+    """argparse type: a finite number in [low, high] (``closed=False``: (low, high)); else a usage error."""
+
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        inside = low <= value <= high if closed else low < value < high
+        if not (np.isfinite(value) and inside):
+            bounds = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+            raise argparse.ArgumentTypeError(f"{text} is not in {bounds}")
+        return value
+
+    return parse
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register ``fgclep augment``."""
     p = sub.add_parser(
@@ -636,10 +655,24 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache", required=True, help="candidate cache folder (fgclep features generate)")
     add_model_arguments(p)  # the stage-1 model: --model, --checkpoint (required; 'none' = random weights)
     p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE, help="decision rule")
-    p.add_argument("--paper-threshold", type=float, default=PAPER_THRESHOLD, help="paper rule: probability")
-    p.add_argument("--cosine-threshold", type=float, default=COSINE_THRESHOLD, help="cosine rule: threshold")
-    p.add_argument("--quantile", type=float, default=QUANTILE, help="quantile rule: q")
-    p.add_argument("--calib-size", type=int, default=CALIB_SIZE, help="reference ECGs of the quantile rule")
+    p.add_argument(
+        "--paper-threshold",
+        type=_number_in(0, 1, closed=False),
+        default=PAPER_THRESHOLD,
+        help="paper rule: probability",
+    )
+    p.add_argument(
+        "--cosine-threshold", type=_number_in(-1, 1), default=COSINE_THRESHOLD, help="cosine rule: threshold"
+    )
+    p.add_argument(
+        "--quantile", type=_number_in(0, 1, closed=False), default=QUANTILE, help="quantile rule: q"
+    )
+    p.add_argument(
+        "--calib-size",
+        type=_number_in(1, 10**9, int),
+        default=CALIB_SIZE,
+        help="reference ECGs of the quantile rule",
+    )
     p.add_argument("--backend", default="kb", help="candidate backend the cache was filled with")
     p.add_argument("--llm-model", default=None, help="the backend's model (default for kb: its version)")
     p.add_argument("--prompt-version", default=PROMPT_VERSION, help="prompt identity in the cache")

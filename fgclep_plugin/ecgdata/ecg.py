@@ -142,11 +142,22 @@ def canonicalize(
     max_nan_gap_s: float = 0.1,
     flat_mv: float = 0.01,
     max_abs_mv: float = 30.0,
+    min_fs: float = 50.0,
+    max_fs: float = 20000.0,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Bring a record to the canonical ``float16 [12, 5000]`` mV form; returns (ecg, metadata). See module doc."""
+    """Bring a record to the canonical ``float16 [12, 5000]`` mV form; returns (ecg, metadata). See module doc.
+
+    A sampling rate outside ``[min_fs, max_fs]`` is a header error, not an ECG (0.5 Hz would make a 10 s ECG
+    of 5 samples): rejected as ``bad-fs``."""
     rid = f"{rec.source}:{rec.record_id}"
     if not rec.fs or not np.isfinite(rec.fs) or rec.fs <= 0:
         raise RejectError("bad-fs", f"{rid}: sampling rate {rec.fs!r}")
+    if not min_fs <= rec.fs <= max_fs:
+        raise RejectError(
+            "bad-fs",
+            f"{rid}: sampling rate {rec.fs:g} Hz is outside [{min_fs:g}, {max_fs:g}] Hz "
+            "(override with --min-fs / --max-fs)",
+        )
     leads = _leads_by_name(rec)
     derived = _derive_limb_leads(leads)
     missing = [n for n in LEADS if n not in leads]

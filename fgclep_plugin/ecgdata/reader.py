@@ -38,6 +38,8 @@ def decode_npy(data: bytes, name: str = "") -> np.ndarray:
     shape, fortran, dtype = read_header(buf)
     if dtype.hasobject:
         raise ValueError(f"{name}: object arrays cannot be loaded when allow_pickle=False")
+    if dtype.kind not in "fiu":
+        raise ValueError(f"{name}: ECG array holds {dtype} values, not numbers")
     arr = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=buf.tell())
     arr = arr.reshape(
         shape, order="F" if fortran else "C"
@@ -57,11 +59,16 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
         v = raw[k]
         return v if isinstance(v, bytes) else v.encode() if isinstance(v, str) else v
 
+    meta = json.loads(_bytes("json")) if "json" in raw else {}
+    if not isinstance(meta, dict):  # bad data, reported like every other decoding fault
+        raise ValueError(  # noqa: TRY004
+            f"sample {key}: json member is a JSON {type(meta).__name__}, not an object"
+        )
     out = {
         "__key__": key,
         "ecg": decode_npy(_bytes("npy"), key),
         "text": _bytes("txt").decode("utf-8"),
-        "meta": json.loads(_bytes("json")) if "json" in raw else {},
+        "meta": meta,
     }
     if "__url__" in raw:
         out["__url__"] = raw["__url__"]
