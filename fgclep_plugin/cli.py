@@ -19,6 +19,9 @@ from .cliargs import (  # noqa: F401  (HelpFormatter, add_model_arguments: re-ex
     parse_option,
 )
 from .defaults import MIN_SECONDS
+from .ecgdata.outdir import check_writable_folder
+from .ecgdata.shards import atomic_write_json, write_shards
+from .ecgdata.sources import SOURCES, make_source, source_options_help
 
 _parse_option = parse_option  # the older private name
 # Modules that contribute subcommands through ``add_cli(subparsers)``.
@@ -46,11 +49,9 @@ def _parse_range(text: str) -> slice:
 
 def run_shards(args: argparse.Namespace) -> int:
     """``fgclep shards``: convert a dataset into WebDataset ECG shards."""
-    from .ecgdata.shards import write_shards
-    from .ecgdata.sources import make_source
-
     if args.limit is not None and args.limit < 0:
         raise ValueError(f"--limit must be a number of items (>= 0), got {args.limit}")
+    check_writable_folder(os.path.dirname(os.path.abspath(args.out)))  # before reading any record
     source = make_source(args.source, args.root, **dict(args.option))
     items = source.items()
     if args.range is not None:

@@ -534,3 +534,46 @@ def test_duplicate_json_keys_do_not_crash_the_summary(capsys, tmp_path, ckpt):
         rc, _, err = _augment(capsys, tmp_path, shard, ckpt)
         assert rc == 0, err
         assert json.loads((tmp_path / "aug-summary.json").read_text())["samples"] == 3
+
+
+# --- output folders ------------------------------------------------------------------------------------------
+
+
+def _unwritable_out_cases(tmp_path: Path, ckpt: str) -> dict[str, list[str]]:
+    """Every command that writes, pointed at a folder that cannot be created (its parent is a file)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    out = blocker / "out"
+    return {
+        "shards": ["shards", "generic", "--root", str(tmp_path / "nowhere"), "--out", str(out / "g-%06d.tar")],
+        "augment": ["augment", "--data", str(LUDB_SHARD), "--out", str(out / "a-%06d.tar"), "--cache",
+                    str(tmp_path / "c"), "--model", MODEL, "--checkpoint", ckpt, "--quiet"],
+        "features-generate": ["features", "generate", "--data", str(LUDB_SHARD), "--cache", str(out),
+                              "--backend", "kb", "--quiet"],
+        "synth": ["synth", "--out", str(out), "--train", "2", "--val", "0", "--test", "0", "--quiet"],
+        "retrieve": ["retrieve", "--data", str(LUDB_SHARD), "--model", MODEL, "--checkpoint", "none",
+                     "--out", str(out), "--query", "sinus rhythm", "--quiet"],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["shards", "augment", "features-generate", "synth", "retrieve"])
+def test_unwritable_output_folder_stops_before_any_work(capsys, tmp_path, ckpt, command):
+    argv = _unwritable_out_cases(tmp_path, ckpt)[command]
+    rc, _, err = _cli(capsys, *argv)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert rc == 1 and len(lines) == 1 and "a-file/out is not writable" in lines[0], err
+    assert not (tmp_path / "c").exists()  # no cache written: stopped before any work
+
+
+def test_augment_removes_partial_files_of_a_killed_run(capsys, tmp_path, ckpt, shard5):
+    out = tmp_path / "aug"
+    out.mkdir()
+    dead = 2**22 + 12345  # no such process
+    stale = [out / f".a-000000.tar.tmp-{dead}", out / ".fgclep-state" / f".a-000000.tar.json.tmp-{dead}"]
+    stale[1].parent.mkdir()
+    for p in stale:
+        p.write_bytes(b"partial")
+    rc, _, err = _augment(capsys, tmp_path, shard5, ckpt)
+    assert rc == 0, err
+    assert not any(p.exists() for p in stale)
+    assert len(_out_keys(tmp_path)) == 5

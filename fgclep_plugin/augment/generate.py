@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..ecgdata.outdir import check_writable_folder
 from .backends import BACKENDS, Backend, make_backend
 from .cache import CandidateCache
 from .text import MAX_FEATURE_CHARS, MAX_FEATURES, PROMPT_VERSION, normalise_report, parse_answer, report_key
@@ -194,6 +195,9 @@ def _engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def run_generate(args: argparse.Namespace) -> int:
     """``fgclep features generate``."""
     index, n = process_index(args.num_shards, args.shard_index)
+    check_writable_folder(args.cache, "cache folder")
+    if args.summary_json:
+        check_writable_folder(os.path.dirname(os.path.abspath(args.summary_json)))
     samples, reports = read_reports(args.data)
     if samples == 0:
         raise ValueError(f"no samples in {args.data}")

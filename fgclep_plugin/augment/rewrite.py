@@ -39,6 +39,7 @@ from ..cliargs import (
     add_summary_json_argument,
 )
 from ..ecgdata import manifest as manifests
+from ..ecgdata.outdir import check_writable_folder, remove_stale_temporaries
 from ..ecgdata.reader import decode_sample, expand_urls, iter_raw
 from ..ecgdata.records import CanonicalSample, RejectError
 from ..ecgdata.shards import (
@@ -467,6 +468,7 @@ def run_augment(
         raise ValueError(
             f"--llm-model is needed for backend {backend!r} (the model the cache was filled with)"
         )
+    check_writable_folder(out_dir)  # before any work: one line, not a traceback after the model loaded
     state_dir = out_dir / STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     manifest = {
@@ -495,6 +497,9 @@ def run_augment(
     with exclusive_lock(state_dir / f"{name}.augment-manifest.lock", str(mpath), log):
         manifests.claim(mpath, manifest, f"{out_dir} holds stage-2 shards '{name}' made with other settings")
     mine = [k for k in range(len(urls)) if k % n == index]
+    names = [Path(outs[k]).name for k in mine]  # this process's shards: partial files of killed runs go
+    remove_stale_temporaries(out_dir, names)
+    remove_stale_temporaries(state_dir, [f"{x}.json" for x in names])
     pending = [
         k
         for k in mine

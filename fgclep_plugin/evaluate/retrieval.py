@@ -39,6 +39,7 @@ from ..cliargs import (
 )
 from ..ecgdata.ecg import FS, LEADS
 from ..ecgdata.labels import labels_from_meta
+from ..ecgdata.outdir import check_writable_folder
 from ..ecgdata.plot import paper_size_mm, plot_ecg12, save_png
 from ..ecgdata.reader import iter_samples
 from ..ecgdata.shards import atomic_write_json
@@ -361,6 +362,8 @@ def run_retrieve(args: argparse.Namespace) -> int:
     """``fgclep retrieve``."""
     if args.k < 1:
         raise ValueError(f"--k must be >= 1, got {args.k}")
+    if args.out:
+        check_writable_folder(args.out)  # before embedding the shards
     torch.manual_seed(args.seed)
     lm = load_model(args.model, args.checkpoint, device=args.device)
     es = embed_shard_set(lm, args.data, batch_size=args.batch_size, progress=not args.quiet)

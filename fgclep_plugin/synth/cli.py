@@ -14,6 +14,7 @@ from ..cliargs import (
     add_summary_json_argument,
     add_workers_argument,
 )
+from ..ecgdata.outdir import check_writable_folder
 from .corpus import DEFAULT_MAXCOUNT, DEFAULT_ROOT, DEFAULT_SEED, DEFAULT_SIZES, generate_corpus
 from .reports import DEFAULT_P_MENTION
 
@@ -21,6 +22,7 @@ from .reports import DEFAULT_P_MENTION
 def run(args: argparse.Namespace) -> int:
     """Generate (or complete) the corpus and print one summary line per split."""
     sizes = {"train": args.train, "val": args.val, "test": args.test}
+    check_writable_folder(args.out)  # before any work
     t0 = time.time()
     summaries = generate_corpus(
         args.out,
