@@ -577,3 +577,45 @@ def test_augment_removes_partial_files_of_a_killed_run(capsys, tmp_path, ckpt, s
     assert rc == 0, err
     assert not any(p.exists() for p in stale)
     assert len(_out_keys(tmp_path)) == 5
+
+
+# --- checkpoint identity -------------------------------------------------------------------------------------
+
+
+def test_replacing_the_checkpoint_by_one_of_the_same_size_is_not_a_resume(capsys, tmp_path, ckpt, shard5):
+    import torch
+
+    rc, _, err = _augment(capsys, tmp_path, shard5, ckpt)
+    assert rc == 0, err
+    other = tmp_path / "o" / "tiny.pt"  # torch names the archive after the file: same name, same size
+    other.parent.mkdir()
+    sd = torch.load(ckpt, weights_only=True)
+    for v in sd.values():
+        if v.is_floating_point():
+            v.add_(1.0)
+    torch.save(sd, other)
+    assert other.stat().st_size == Path(ckpt).stat().st_size
+    swapped = tmp_path / "tiny.pt"  # the same path and size, other weights
+    swapped.write_bytes(Path(ckpt).read_bytes())
+    rc, _, err = _augment(capsys, tmp_path / "x", shard5, str(swapped))
+    assert rc == 0, err
+    swapped.write_bytes(other.read_bytes())
+    rc, _, err = _augment(capsys, tmp_path / "x", shard5, str(swapped))
+    assert rc == 1 and "checkpoint" in err and "aug" in err  # refuses to resume with stale results
+
+
+def test_checkpoint_is_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+
+    from fgclep_plugin.ecgdata import manifest
+
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"x" * 3_000_000)
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(manifest.hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    first = manifest.checkpoint_id(path)
+    assert manifest.checkpoint_id(path) == first and len(calls) == 1
+    assert first["sha256"] == real(path.read_bytes()).hexdigest()
+    path.write_bytes(b"y" * 3_000_000)  # same size, new content
+    assert manifest.checkpoint_id(path)["sha256"] == real(b"y" * 3_000_000).hexdigest() and len(calls) == 2

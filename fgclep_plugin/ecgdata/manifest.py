@@ -18,14 +18,32 @@ from .atomic import atomic_write_json
 
 
 def checkpoint_id(path: str | os.PathLike | None) -> dict[str, Any] | None:
-    """The identity of a model checkpoint as manifests record it: absolute path and size in bytes.
+    """The identity of a model checkpoint as manifests record it: absolute path, size in bytes and the sha256 of
+    its content (another checkpoint of the same size is another input).
 
-    This is the one place that decides when two checkpoints count as the same input; a content hash can be
-    added here and every manifest that records a checkpoint follows. None (random initial weights) -> None.
+    This is the one place that decides when two checkpoints count as the same input; every manifest that
+    records a checkpoint follows. None (random initial weights) -> None.
     """
     if path is None:
         return None
-    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path)}
+    return {"path": os.path.abspath(path), "bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+
+
+_SHA256: dict[tuple[str, int, int, int], str] = {}  # (path, size, mtime_ns, inode) -> digest, this process
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex digest of a file's content, hashed once per (path, size, mtime, inode) in a process: a
+    multi-gigabyte checkpoint named by several manifests of one run is read once; a replaced file is read again."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _SHA256:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _SHA256[key] = h.hexdigest()
+    return _SHA256[key]
 
 
 def canonical(obj: Any) -> Any:
