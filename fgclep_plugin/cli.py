@@ -64,8 +64,6 @@ def run_shards(args: argparse.Namespace) -> int:
         source, args.out, args.maxcount, args.workers, items=items, canon_opts=canon, progress=not args.quiet
     )
     if args.summary_json:
-        from .ecgdata.shards import atomic_write_json
-
         atomic_write_json(args.summary_json, summary)
     return _shards_exit_code(summary)
 
@@ -86,8 +84,6 @@ def _shards_exit_code(summary: dict) -> int:
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    from .ecgdata.sources import SOURCES, source_options_help
-
     p = sub.add_parser(
         "shards",
         help="convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards",
@@ -137,8 +133,6 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sources(sub: argparse._SubParsersAction) -> None:
-    from .ecgdata.sources import SOURCES, source_options_help
-
     p = sub.add_parser("sources", help="list the dataset readers and their options")
     p.add_argument("name", nargs="?", choices=sorted(SOURCES), help="show this source's options in full")
     p.set_defaults(func=lambda a: print(source_options_help(a.name)))

@@ -19,6 +19,8 @@ import pickle
 import sys
 from collections.abc import Iterator, Sequence
 
+from .ecgdata.reader import expand_urls
+
 
 def plugin_parser() -> argparse.ArgumentParser:
     """The plugin's flags (everything else goes to open_clip_train)."""
@@ -148,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         print(f"fgclep_plugin.train: error: {problem}", file=sys.stderr)
         return 1
 
+    # start-up time: these load torch, open_clip and open_clip_train's data stack; the demo and the fgclep
+    # parser import this module only for plugin_parser / accelerate_cpu_command
     import open_clip_train.main as oc_main
 
     from .training.hooks import register, training_hooks
@@ -165,8 +169,6 @@ def check_train_data(argv: Sequence[str]) -> str | None:
     """Why ``--train-data`` cannot be trained on (no local shard it names exists, or some are missing), or None.
 
     Remote specs (``pipe:``, ``s3://``, ...) are left to open_clip."""
-    from .ecgdata.reader import expand_urls
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--train-data", default=None)
     spec = p.parse_known_args(list(argv))[0].train_data
@@ -190,7 +192,7 @@ class UnsafeCheckpoint(RuntimeError):
 def _weights_only_resume(oc_main) -> Iterator[None]:
     """``--resume`` goes through ``open_clip_train.main.pt_load``, which calls ``torch.load`` with torch's default
     (code runs when torch is configured to allow pickles); replace it with a ``weights_only=True`` load."""
-    import fsspec
+    import fsspec  # start-up time (see main)
     import torch
 
     def pt_load(file_path: str, map_location=None):

@@ -39,7 +39,7 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def _vision_cfg(model_name: str) -> dict[str, Any]:
-    from ..model.registry import config_dir
+    from ..model.registry import config_dir  # the workload's own process (see above)
 
     return json.loads((config_dir() / f"{model_name}.json").read_text())
 
@@ -56,7 +56,7 @@ def _reference_class() -> type[torch.nn.Module]:
 
 def _build(kind: str) -> tuple[Callable[[], None], int]:
     """A closure running one step of the named workload, and the workload's parameter count."""
-    from ..model.tower import EcgTowerCfg, build_ecg_tower
+    from ..model.tower import EcgTowerCfg, build_ecg_tower  # the workload's own process (see above)
 
     batch, bf16 = _ARGS["batch_size"], _ARGS["bf16"]
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def _build(kind: str) -> tuple[Callable[[], None], int]:
 
 
 def _small_train_step(batch: int, bf16: bool) -> tuple[Callable[[], None], int]:
-    import open_clip
+    import open_clip  # the workload's own process (see above)
 
     from ..model.loss import FgClepLoss
     from ..model.registry import register

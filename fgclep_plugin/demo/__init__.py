@@ -10,31 +10,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .cli import DESCRIPTION, add_arguments, add_cli, apply_fast, main
 from .config import COLUMNS, DEMO_FNM_LAMBDA, FAST, KEEP_ALL, PROBE_TASKS, RUN_LABELS, RUNS, ZS_TASKS
+from .pipeline import checkpoint_paths, run_demo
 from .report import demo_table, format_curve, format_table
 from .runner import Stages
-
-# The stages import torch, open_clip and most of the package; the fgclep command imports this package to
-# build its parser (start-up time), so they load on first use.
-_LAZY = {
-    "checkpoint_path": "stages",
-    "launch_command": "stages",
-    "parse_generator": "stages",
-    "read_curve": "stages",
-    "run": "stages",
-    "stage1": "stages",
-    "stage2": "stages",
-    "stage3_input": "stages",
-    "train_run": "stages",
-    "untrained_auc": "stages",
-    "evaluate_all": "stages",
-    "figures": "stages",
-    "checkpoint_paths": "pipeline",
-    "run_demo": "pipeline",
-}
+from .stages import (
+    checkpoint_path,
+    evaluate_all,
+    figures,
+    launch_command,
+    parse_generator,
+    read_curve,
+    run,
+    stage1,
+    stage2,
+    stage3_input,
+    train_run,
+    untrained_auc,
+)
 
 __all__ = [
     "COLUMNS",
@@ -69,11 +63,3 @@ __all__ = [
     "train_run",
     "untrained_auc",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from importlib import import_module
-
-        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,10 @@ import sys
 
 from ..cliargs import HelpFormatter, add_out_argument, add_seed_argument
 from ..defaults import DEFAULT_MODEL, LUDB_DATA, SYNTH_DATA
+from ..training.precision import resolve_precision
 from .config import DEMO_FNM_LAMBDA, FAST
+from .pipeline import run_demo
+from .stages import parse_generator, run
 
 DESCRIPTION = """Demo: the whole FG-CLEP method on the embedded data, one command, one table.
 
@@ -108,11 +111,6 @@ def apply_fast(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
 
 
 def _main_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    # the stages import torch, open_clip and the whole package: not needed to build the fgclep parser
-    from ..training.precision import resolve_precision
-    from .pipeline import run_demo
-    from .stages import parse_generator, run
-
     if args.precision == "auto":
         args.precision = resolve_precision("auto", "cpu")
         print(f"[precision] auto -> {args.precision} (native bf16 on this CPU: {args.precision != 'fp32'})")

@@ -92,7 +92,7 @@ def run_show(args: argparse.Namespace) -> int:
     import matplotlib  # start-up time: the fgclep command imports this module to build its parser
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     s = find_sample(args.data, args.key, args.index)
     print(f"{s['__key__']}: {s['text']}")

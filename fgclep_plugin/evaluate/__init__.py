@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
     """``EvalSettings`` and ``evaluate`` from :mod:`.api`, imported on first use: the API imports torch and
     open_clip, and the ``fgclep`` command imports this package to build its parser (start-up time)."""
     if name in __all__:
-        from . import api
+        from . import api  # on first use: see the docstring
 
         return getattr(api, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,7 +19,9 @@ from ..cliargs import (
     parse_option,
 )
 from ..defaults import LUDB_DATA, MERL_DATA, MIN_SECONDS, SYNTH_DATA
-from .tasks import ALL_TASKS, MERL_DATASETS
+from .api import EvalSettings, evaluate
+from .results import format_markdown, write_results
+from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS, build_benchmark, get_task
 
 EXAMPLES = """examples:
   fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
@@ -44,8 +46,6 @@ def parse_checkpoint(text: str) -> tuple[str, str | None]:
 
 def run_build(args: argparse.Namespace) -> int:
     """``fgclep eval build``: MERL task shards from a raw dataset folder."""
-    from .tasks import build_benchmark
-
     summaries = build_benchmark(
         args.dataset,
         args.root,
@@ -66,8 +66,6 @@ def run_build(args: argparse.Namespace) -> int:
 
 def run_tasks(args: argparse.Namespace) -> int:
     """``fgclep eval tasks``: every task, its classes and whether its shards are present."""
-    from .tasks import get_task
-
     folders = {"merl": args.merl_data, "ludb": args.ludb_data, "synth": args.synth_data}
     for name in ALL_TASKS:
         if name.startswith("synth") and not (Path(args.synth_data) / "test").is_dir():
@@ -93,15 +91,11 @@ LINEAR_OPTIONS = {
 
 def task_family(name: str) -> str:
     """``merl``, ``ludb`` or ``synth``: which data folder task ``name`` reads."""
-    from .tasks import LUDB_TASKS, MERL_TASKS
-
     return "merl" if name in MERL_TASKS else "ludb" if name in LUDB_TASKS else "synth"
 
 
-def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]):
+def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]) -> EvalSettings:
     """The :class:`~.api.EvalSettings` of a parsed ``fgclep eval zeroshot | linear | all`` command line."""
-    from .api import EvalSettings  # imports torch and open_clip: start-up time of the fgclep command
-
     return EvalSettings(
         checkpoints=dict(map(parse_checkpoint, args.checkpoint)),
         tasks=args.task,
@@ -124,9 +118,6 @@ def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]):
 
 def run_eval(args: argparse.Namespace) -> int:
     """``fgclep eval zeroshot | linear | all``: evaluate, write results.json + results.md, print the table."""
-    from .api import evaluate  # imports torch and open_clip: start-up time of the fgclep command
-    from .results import format_markdown, write_results
-
     protocols = {"zeroshot": ("zeroshot",), "linear": ("linear",), "all": ("zeroshot", "linear")}[
         args.eval_command
     ]

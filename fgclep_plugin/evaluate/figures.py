@@ -45,7 +45,7 @@ def _pyplot():
     import matplotlib  # start-up time (module docstring)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     return plt
 

@@ -290,7 +290,7 @@ def plot_retrieved(
     import matplotlib  # start-up time: the fgclep command imports this module to build its parser
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen
 
     w_mm, h_mm = paper_size_mm()
     head_mm = 14.0
