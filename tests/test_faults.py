@@ -619,3 +619,102 @@ def test_checkpoint_is_hashed_once_per_path_size_and_mtime(tmp_path, monkeypatch
     assert first["sha256"] == real(path.read_bytes()).hexdigest()
     path.write_bytes(b"y" * 3_000_000)  # same size, new content
     assert manifest.checkpoint_id(path)["sha256"] == real(b"y" * 3_000_000).hexdigest() and len(calls) == 2
+
+
+# --- kill -9 at a random point, then re-run: the same bytes as an uninterrupted run ------------------------------
+
+
+def _digests(folder: Path, pattern: str = "*.tar") -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob(pattern))}
+
+
+def _fgclep_cmd(*argv: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "fgclep_plugin.cli", *argv]
+
+
+def _kill_then_rerun(cmd: list[str], started, seed: int, timeout: float = 300) -> None:
+    """Start ``cmd``, wait until ``started()`` (its first output exists), wait a random 0-0.6 s more, SIGKILL its
+    process group, then run ``cmd`` again to the end."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not started() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(random.Random(seed).uniform(0.0, 0.6))
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_kill_shards_then_rerun_gives_the_same_bytes(tmp_path):
+    import subprocess
+
+    root = ROOT.parent / "shared" / "data" / "ludb"
+
+    def cmd(out: Path) -> list[str]:
+        return _fgclep_cmd(
+            "shards", "ludb", "--root", str(root), "--out", str(out / "l-%06d.tar"), "--maxcount", "4",
+            "--limit", "24", "--quiet",
+        )  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    _kill_then_rerun(cmd(out), lambda: any(out.glob(".l-*.tmp-*")) or any(out.glob("l-*.tar")), seed=1)
+    ref = _digests(tmp_path / "ref")
+    assert len(ref) == 6 and _digests(out) == ref
+    assert (out / "sizes.json").read_bytes() == (tmp_path / "ref" / "sizes.json").read_bytes()
+    assert not list(out.glob(".*.tmp-*"))
+
+
+def test_kill_features_generate_then_rerun_gives_the_same_answers(tmp_path):
+    import subprocess
+
+    data = str(ROOT / "shards" / "ludb" / "ludb-{train-000000,train-000001,train-000002,test-000000}.tar")
+
+    def cmd(cache: Path) -> list[str]:
+        return _fgclep_cmd(
+            "features", "generate", "--data", data, "--cache", str(cache), "--backend", "kb", "--batch-size", "1",
+            "--quiet",
+        )  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
+    cache = tmp_path / "killed"
+    _kill_then_rerun(cmd(cache), lambda: any(p.stat().st_size for p in cache.glob("part-*.jsonl")), seed=2)
+    lines = {p.name: sorted(p.read_bytes().splitlines()) for p in sorted(cache.glob("*.jsonl"))}
+    ref = {p.name: sorted(p.read_bytes().splitlines()) for p in sorted((tmp_path / "ref").glob("*.jsonl"))}
+    assert lines == ref  # every answer once, none lost, none repeated (order aside)
+
+
+@pytest.mark.slow  # three augment processes: ~50 s on 2 loaded cores
+def test_kill_augment_then_rerun_gives_the_same_bytes(tmp_path, ckpt):
+    import subprocess
+
+    shards = [tmp_path / "in" / f"s-{k:06d}.tar" for k in range(3)]
+    members = _members(samples=12)
+    for k, path in enumerate(shards):
+        _write(path, _tar_bytes(members[12 * k : 12 * (k + 1)]))
+    data = str(tmp_path / "in" / "s-{000000..000002}.tar")
+
+    def cmd(out: Path) -> list[str]:
+        return _fgclep_cmd(
+            "augment", "--data", data, "--out", str(out / "a-%06d.tar"), "--cache", str(tmp_path / "cache"),
+            "--model", MODEL, "--checkpoint", ckpt, "--calib-size", "6", "--quiet",
+        )  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    _kill_then_rerun(cmd(out), lambda: any(out.glob("a-*.tar")) or any(out.glob(".a-*.tmp-*")), seed=3)
+    ref = _digests(tmp_path / "ref")
+    assert len(ref) == 3 and _digests(out) == ref
+    assert not list(out.glob(".*.tmp-*"))
