@@ -718,3 +718,28 @@ def test_kill_augment_then_rerun_gives_the_same_bytes(tmp_path, ckpt):
     ref = _digests(tmp_path / "ref")
     assert len(ref) == 3 and _digests(out) == ref
     assert not list(out.glob(".*.tmp-*"))
+
+
+@pytest.mark.slow  # two short training runs and a resumed one (~2 min on 2 loaded cores)
+def test_kill_training_then_resume_latest_gives_the_same_weights(tmp_path):
+    import subprocess
+    import sys
+
+    import torch
+
+    def cmd(logs: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "fgclep_plugin.train",
+            *_tiny_run(logs, str(ROOT / "shards" / "ludb" / "ludb-train-000000.tar"), "--resume", "latest"),
+            "--epochs", "3", "--train-num-samples", "16", "--save-frequency", "1", "--ecg-deterministic-data",
+        ]  # fmt: skip
+
+    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=900)
+    logs = tmp_path / "killed"
+    _kill_then_rerun(
+        cmd(logs), lambda: (logs / "run" / "checkpoints" / "epoch_1.pt").exists(), seed=4, timeout=900
+    )
+    ref = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
+    got = torch.load(logs / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
+    assert got["epoch"] == ref["epoch"] == 3
+    assert all(torch.equal(got["state_dict"][k], v) for k, v in ref["state_dict"].items())
