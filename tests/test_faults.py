@@ -674,7 +674,32 @@ def test_kill_shards_then_rerun_gives_the_same_bytes(tmp_path):
     ref = _digests(tmp_path / "ref")
     assert len(ref) == 6 and _digests(out) == ref
     assert (out / "sizes.json").read_bytes() == (tmp_path / "ref" / "sizes.json").read_bytes()
-    assert not list(out.glob(".*.tmp-*"))
+    assert not list(out.glob(".*.tmp-*")) and not list(out.glob(".fgclep-state/.*.tmp-*"))
+
+
+def test_shards_removes_partial_files_of_a_killed_run(capsys, tmp_path):
+    root = ROOT.parent / "shared" / "data" / "ludb"
+    out = tmp_path / "out"
+    dead = 2**22 + 12345  # no such process
+    stale = [out / f".l-000000.tar.tmp-{dead}", out / f".sizes.json.tmp-{dead}",
+             out / ".fgclep-state" / f".l-000000.tar.json.tmp-{dead}"]  # fmt: skip
+    stale[2].parent.mkdir(parents=True)
+    for p in stale:
+        p.write_bytes(b"partial")
+    argv = [
+        "shards",
+        "ludb",
+        "--root",
+        str(root),
+        "--out",
+        str(out / "l-%06d.tar"),
+        "--limit",
+        "3",
+        "--quiet",
+    ]
+    rc, _, err = _cli(capsys, *argv)
+    assert rc == 0, err
+    assert not any(p.exists() for p in stale) and len(list(iter_raw(str(out / "l-000000.tar")))) == 3
 
 
 def test_kill_features_generate_then_rerun_gives_the_same_answers(tmp_path):

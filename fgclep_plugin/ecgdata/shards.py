@@ -36,6 +36,7 @@ from tqdm import tqdm
 from . import manifest as manifests
 from .atomic import atomic_write_bytes, atomic_write_json
 from .ecg import LEADS, N_SAMPLES, canonicalize
+from .outdir import remove_stale_temporaries
 from .records import CanonicalSample, EcgRecord, RejectError
 
 STATE_DIR = ".fgclep-state"
@@ -263,6 +264,9 @@ def write_shards(
         for k in range(n_shards):  # this set's own names only: another set here may be writing right now
             for stale in out_dir.glob(f".{glob.escape(Path(out % k).name)}.tmp-*"):
                 stale.unlink()  # partial shards of an interrupted run: never visible under a final name
+        # and the partial state files, rejects list and sizes.json of a killed run (writer gone)
+        remove_stale_temporaries(state_dir, [f"{Path(out % k).name}.json" for k in range(n_shards)])
+        remove_stale_temporaries(out_dir, [f"{name}.rejects.jsonl", "sizes.json"])
 
         manifest = _manifest(source, items, maxcount, canon_opts)
         manifests.claim(
