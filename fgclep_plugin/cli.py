@@ -9,6 +9,7 @@ import sys
 
 from .cliargs import (  # noqa: F401  (HelpFormatter, add_model_arguments: re-exported for older imports)
     HelpFormatter,
+    add_command,
     add_model_arguments,
     add_out_argument,
     add_quiet_argument,
@@ -84,16 +85,16 @@ def _shards_exit_code(summary: dict) -> int:
 
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "shards",
-        help="convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards",
-        description="Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
+        "convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards",
+        "Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
         "float16) with their reports. Every record ends in a shard or in NAME.rejects.jsonl with its reason. "
         "Re-running the same command after an interruption completes the missing shards. Exits with status 1 "
         "when no record was written or any record failed with an unexpected error (see the rejects file).",
         epilog="sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
         + source_options_help(),
-        formatter_class=HelpFormatter,
     )
     p.add_argument("source", choices=sorted(SOURCES), help="dataset reader")
     p.add_argument("--root", required=True, help="dataset folder (as downloaded from PhysioNet)")
@@ -123,7 +124,9 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
         "--crop", choices=["start", "center"], default="start", help="which 10 s of longer records"
     )
     p.add_argument("--min-fs", type=float, default=50.0, help="reject records sampled below this rate (Hz)")
-    p.add_argument("--max-fs", type=float, default=20000.0, help="reject records sampled above this rate (Hz)")
+    p.add_argument(
+        "--max-fs", type=float, default=20000.0, help="reject records sampled above this rate (Hz)"
+    )
     p.add_argument(
         "--max-nan-gap", type=float, default=0.1, help="longest NaN run (s) repaired by interpolation"
     )
@@ -133,7 +136,7 @@ def _add_shards(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_sources(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sources", help="list the dataset readers and their options")
+    p = add_command(sub, "sources", "list the dataset readers and their options")
     p.add_argument("name", nargs="?", choices=sorted(SOURCES), help="show this source's options in full")
     p.set_defaults(func=lambda a: print(source_options_help(a.name)))
 

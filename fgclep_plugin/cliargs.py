@@ -36,6 +36,19 @@ def add_version_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
 
 
+def add_command(
+    sub: argparse._SubParsersAction, name: str, help: str, description: str | None = None, **kw: Any
+) -> argparse.ArgumentParser:
+    """A subcommand with the shared help formatter (``description`` defaults to ``help``; ``%%`` in ``help``)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help.replace("%%", "%"),
+        formatter_class=HelpFormatter,
+        **kw,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Value parsers.
 
@@ -163,6 +176,16 @@ def add_device_argument(p: argparse.ArgumentParser, default: str = "cpu") -> Non
 def add_seed_argument(p: argparse.ArgumentParser, help: str = "random seed", default: int = 0) -> None:
     """``--seed``."""
     p.add_argument("--seed", type=int, default=default, help=help)
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser, batch_size: int, batch_help: str, seed_help: str, *, batch_alias: bool = False
+) -> None:
+    """How a command that scores runs the model: ``--seed``, ``--batch-size``, ``--device``, ``--quiet``."""
+    add_seed_argument(p, seed_help)
+    add_batch_size_argument(p, batch_size, batch_help, batch_alias=batch_alias)
+    add_device_argument(p)
+    add_quiet_argument(p)
 
 
 def add_workers_argument(p: argparse.ArgumentParser, help: str = "parallel reader processes") -> None:

@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from ..cliargs import (
-    HelpFormatter,
+    add_command,
     add_data_argument,
     add_model_arguments,
     add_out_argument,
@@ -646,11 +646,11 @@ def _number_in(low: float, high: float, cast: type = float, closed: bool = True)
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """Register ``fgclep augment``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "augment",
-        help="stage 2: keep the candidate features the stage-1 model finds in each ECG; write new shards",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+        "stage 2: keep the candidate features the stage-1 model finds in each ECG; write new shards",
+        __doc__,
         epilog="example:\n  fgclep augment --data 'data/synth/train/synth-train-{000000..000007}.tar' "
         "--cache cands --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --out aug/train-%06d.tar\n"
         "  (the paper's rule: --rule paper)",

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from ..cliargs import HelpFormatter
+from ..cliargs import add_command
 
 # name, what it measures, module arguments (quick settings), full-settings hint
 BENCHMARKS: tuple[tuple[str, str, list[str]], ...] = (
@@ -105,11 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep bench``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "bench",
-        help="run every benchmark (quick settings) and print one table with the machine's description",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+        "run every benchmark (quick settings) and print one table with the machine's description",
+        __doc__,
     )
     p.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS], help="run only these benchmarks")
     p.set_defaults(func=run)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cliargs import HelpFormatter
+from ..cliargs import HelpFormatter, add_command
 from ..ecgdata.ecg import canonicalize
 from ..ecgdata.reader import iter_samples
 from ..ecgdata.records import RejectError
@@ -110,12 +110,7 @@ def _add_args(p: argparse.ArgumentParser) -> None:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep bench-shards``."""
     _add_args(
-        sub.add_parser(
-            "bench-shards",
-            help="benchmark shard streaming against per-record WFDB reading",
-            description=__doc__,
-            formatter_class=HelpFormatter,
-        )
+        add_command(sub, "bench-shards", "benchmark shard streaming against per-record WFDB reading", __doc__)
     )
 
 

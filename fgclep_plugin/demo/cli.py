@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from ..cliargs import HelpFormatter, add_out_argument, add_seed_argument
+from ..cliargs import HelpFormatter, add_command, add_out_argument, add_seed_argument
 from ..defaults import DEFAULT_MODEL, LUDB_DATA, SYNTH_DATA
 from ..training.precision import resolve_precision
 from .config import DEMO_FNM_LAMBDA, FAST
@@ -126,11 +126,11 @@ def _main_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -
 
 def add_cli(subparsers) -> None:
     """``fgclep demo``."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "demo",
-        help="the whole method on the embedded data: CLEP, validated features, FG-CLEP, controls, one table",
-        description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        "the whole method on the embedded data: CLEP, validated features, FG-CLEP, controls, one table",
+        DESCRIPTION,
     )
     add_arguments(p)
     p.set_defaults(func=lambda a: _main_from_args(a, p))

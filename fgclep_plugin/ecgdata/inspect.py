@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cliargs import HelpFormatter, add_data_argument
+from ..cliargs import add_command, add_data_argument
 from .ecg import FS, LEADS
 from .labels import labels_from_meta
 from .plot import plot_ecg12
@@ -109,11 +109,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep info`` and ``fgclep show``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "info",
-        help="what a shard set holds: sources, reports, labels",
-        description=summarize.__doc__,
-        formatter_class=HelpFormatter,
+        "what a shard set holds: sources, reports, labels",
+        summarize.__doc__,
     )
     add_data_argument(p, "shards, e.g. 'shards/ludb/ludb-train-{000000..000002}.tar'", positional_alias=True)
     p.add_argument("--label-key", default=None, help="count the classes in json labels[KEY] (e.g. diagnoses)")
@@ -121,12 +121,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_info)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "show",
-        help="print one sample's report and draw its 12-lead ECG (PNG)",
-        description="Print a shard sample's report (and metadata) and draw its ECG the clinical "
+        "print one sample's report and draw its 12-lead ECG (PNG)",
+        "Print a shard sample's report (and metadata) and draw its ECG the clinical "
         "way: 25 mm/s, 10 mm/mV, 3x4 leads + a lead II rhythm strip.",
-        formatter_class=HelpFormatter,
     )
     add_data_argument(p, "shards to search", positional_alias=True)
     p.add_argument("--key", default=None, help="the sample's __key__ (default: by --index)")

@@ -8,13 +8,11 @@ import time
 from pathlib import Path
 
 from ..cliargs import (
-    HelpFormatter,
-    add_batch_size_argument,
-    add_device_argument,
+    add_command,
     add_model_arguments,
     add_out_argument,
     add_quiet_argument,
-    add_seed_argument,
+    add_run_arguments,
     add_workers_argument,
     parse_option,
 )
@@ -155,10 +153,7 @@ def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) 
     p.add_argument(
         "--bootstrap", type=int, default=1000, help="bootstrap resamples of the test records (0: none)"
     )
-    add_seed_argument(p, "seed of the bootstrap, subsets and heads")
-    add_batch_size_argument(p, 64, "ECGs per encoder batch")
-    add_device_argument(p)
-    add_quiet_argument(p)
+    add_run_arguments(p, 64, "ECGs per encoder batch", "seed of the bootstrap, subsets and heads")
     if zeroshot:
         p.add_argument(
             "--prompt-set",
@@ -193,25 +188,25 @@ def _add_eval_options(p: argparse.ArgumentParser, linear: bool, zeroshot: bool) 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``fgclep eval``."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "eval",
-        help="evaluate checkpoints: MERL benchmark tasks, zero-shot (templates / CKEPE / ENS), linear probe",
-        description="Benchmark evaluation. Zero-shot: macro AUC with per-class positives and a 95 % bootstrap "
+        "evaluate checkpoints: MERL benchmark tasks, zero-shot (templates / CKEPE / ENS), linear probe",
+        "Benchmark evaluation. Zero-shot: macro AUC with per-class positives and a 95 % bootstrap "
         "interval, prompt sets templates / ckepe (MERL's strings) / ens (the paper's lead ensemble). Linear "
         "probe: frozen cached embeddings, a BCE head at 1 / 10 / 100 % of the training labels, selected on "
         "validation. Results go to OUT/results.json and OUT/results.md.",
         epilog=EXAMPLES,
-        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="eval_command", required=True, metavar="SUBCOMMAND")
 
-    b = sub.add_parser(
+    b = add_command(
+        sub,
         "build",
-        help="labelled MERL task shards from a raw PTB-XL / CPSC2018 / CSN folder",
-        description="Convert the records of the MERL split tables (train / val / test) with the project's "
+        "labelled MERL task shards from a raw PTB-XL / CPSC2018 / CSN folder",
+        "Convert the records of the MERL split tables (train / val / test) with the project's "
         "reader for DATASET; each sample's json gets its table row's classes under labels['merl_<task>']. "
         "Table rows whose record is missing are listed in the rejects file. Resumable.",
-        formatter_class=HelpFormatter,
     )
     b.add_argument("dataset", choices=MERL_DATASETS, help="ptbxl (super/sub/form/rhythm), cpsc2018 or csn")
     b.add_argument("--root", required=True, help="the raw dataset folder (PhysioNet layout)")
@@ -237,7 +232,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     add_quiet_argument(b)
     b.set_defaults(func=run_build)
 
-    t = sub.add_parser("tasks", help="list the tasks", formatter_class=HelpFormatter)
+    t = add_command(sub, "tasks", "list the tasks")
     _add_data_folders(t)
     t.set_defaults(func=run_tasks)
 
@@ -246,12 +241,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         ("linear", "linear probe at 1 / 10 / 100 % of the training labels", True, False),
         ("all", "zero-shot and linear probe", True, True),
     ):
-        q = sub.add_parser(
-            name,
-            help=helptext.replace("%", "%%"),
-            description=helptext,
-            epilog=EXAMPLES,
-            formatter_class=HelpFormatter,
-        )
+        q = add_command(sub, name, helptext.replace("%", "%%"), epilog=EXAMPLES)
         _add_eval_options(q, lin, zs)
         q.set_defaults(func=run_eval)

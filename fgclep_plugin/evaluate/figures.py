@@ -23,15 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import (
-    HelpFormatter,
-    add_batch_size_argument,
-    add_device_argument,
-    add_model_arguments,
-    add_out_argument,
-    add_quiet_argument,
-    add_seed_argument,
-)
+from ..cliargs import add_command, add_model_arguments, add_out_argument, add_run_arguments
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.plot import save_png
 from ..ecgdata.shards import atomic_write_json
@@ -293,14 +285,14 @@ def run_figures(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep figures``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "figures",
-        help="t-SNE of ECG embeddings by label, report similarity heat maps (PNG)",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+        "t-SNE of ECG embeddings by label, report similarity heat maps (PNG)",
+        __doc__,
         epilog="example (synthetic test split, demo model):\n"
         "  fgclep figures --data data/synth/test/synth-test-000000.tar --model FGCLEP-ResNet1d18-MiniLM \\\n"
-        "      --checkpoint runs/NAME/checkpoints/epoch_8.pt --label-key diagnoses --normal-class normal_ecg "
+        "      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --label-key diagnoses --normal-class normal_ecg "
         "--out eval/",
     )
     add_model_arguments(p, "labelled shards")
@@ -311,11 +303,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         help="class of labels[KEY] that marks a normal ECG; adds the normal-vs-abnormal similarity batch",
     )
     add_out_argument(p, "folder for the PNGs and figures.json")
-    add_batch_size_argument(p, 24, "reports per similarity batch", batch_alias=True)
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
     p.add_argument("--max-points", type=int, default=3000, help="t-SNE of a seeded subset of larger sets")
-    add_seed_argument(p, "t-SNE, batch draws, the random weights of --checkpoint none")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (dots per inch)")
-    add_device_argument(p)
-    add_quiet_argument(p)
+    seed_help = "t-SNE, batch draws, the random weights of --checkpoint none"
+    add_run_arguments(p, 24, "reports per similarity batch", seed_help, batch_alias=True)
     p.set_defaults(func=run_figures)

@@ -28,15 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import (
-    HelpFormatter,
-    add_batch_size_argument,
-    add_device_argument,
-    add_model_arguments,
-    add_out_argument,
-    add_quiet_argument,
-    add_seed_argument,
-)
+from ..cliargs import add_command, add_model_arguments, add_out_argument, add_run_arguments
 from ..ecgdata.ecg import FS, LEADS
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.outdir import check_writable_folder
@@ -395,14 +387,14 @@ def run_retrieve(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep retrieve``."""
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "retrieve",
-        help="text -> top-k ECGs, ECG -> top-k reports, Recall@k, figures of the retrieved ECGs",
-        description=__doc__,
-        formatter_class=HelpFormatter,
+        "text -> top-k ECGs, ECG -> top-k reports, Recall@k, figures of the retrieved ECGs",
+        __doc__,
         epilog="example (synthetic test split, demo model):\n"
         "  fgclep retrieve --data data/synth/test/synth-test-000000.tar --model FGCLEP-ResNet1d18-MiniLM \\\n"
-        "      --checkpoint runs/NAME/checkpoints/epoch_8.pt --label-key features --prompts synth-features \\\n"
+        "      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --label-key features --prompts synth-features \\\n"
         "      --query 'atrial fibrillation' --k 10 --out eval/",
     )
     add_model_arguments(p, "shards, e.g. 'shards/ludb/ludb-test-000000.tar'")
@@ -422,8 +414,5 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     add_out_argument(p, "folder for retrieval.json and the figures (PNG)", required=False)
     p.add_argument("--plot-k", type=int, default=3, help="ECGs drawn per text query (0: no figure)")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the figures (dots per inch)")
-    add_batch_size_argument(p, 64, "ECGs per encoder batch")
-    add_device_argument(p)
-    add_seed_argument(p, "torch seed (the random weights of --checkpoint none)")
-    add_quiet_argument(p)
+    add_run_arguments(p, 64, "ECGs per encoder batch", "torch seed (the random weights of --checkpoint none)")
     p.set_defaults(func=run_retrieve)

@@ -38,6 +38,7 @@ import torch
 from scipy.stats import rankdata
 
 from ..ecgdata.ecg import LEADS
+from ..ecgdata.manifest import file_sha256
 from ..ecgdata.reader import expand_urls
 from ..ecgdata.shards import atomic_write_bytes
 from ..model import scoring
@@ -113,22 +114,6 @@ def embed_split(
     urls = task.urls(split)
     shards = embed_shards(loaded, urls, batch_size, f"{task.name} {split}" if progress else False)
     return task_split(shards, task, str(urls))
-
-
-_SHA256: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB blocks; remembered per path, size and mtime)."""
-    st = os.stat(path)
-    ident = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if ident not in _SHA256:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA256[ident] = h.hexdigest()
-    return _SHA256[ident]
 
 
 def shard_files(urls: str | Sequence[str]) -> list[tuple[str, int, int]]:

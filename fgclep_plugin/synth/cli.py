@@ -7,7 +7,7 @@ import json
 import time
 
 from ..cliargs import (
-    HelpFormatter,
+    add_command,
     add_out_argument,
     add_quiet_argument,
     add_seed_argument,
@@ -48,13 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> None:
     """Register the ``synth`` subcommand."""
-    p = subparsers.add_parser(
+    p = add_command(
+        subparsers,
         "synth",
-        help="generate the synthetic 12-lead ECG-report corpus with known waveform features",
-        description="Simulate 12-lead ECGs (cardiac dipole model, 500 Hz, 10 s, mV) with machine-style reports "
+        "generate the synthetic 12-lead ECG-report corpus with known waveform features",
+        "Simulate 12-lead ECGs (cardiac dipole model, 500 Hz, 10 s, mV) with machine-style reports "
         "and ground-truth waveform features, and write them as train/val/test shards under OUT/<split>/. "
         "Deterministic in --seed; re-running completes a partial corpus.",
-        formatter_class=HelpFormatter,
     )
     add_out_argument(p, "corpus folder", default=DEFAULT_ROOT)
     p.add_argument("--train", type=int, default=DEFAULT_SIZES["train"], help="training records")
