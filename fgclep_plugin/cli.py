@@ -37,6 +37,7 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.augment.rewrite",
     "fgclep_plugin.evaluate.retrieval",
     "fgclep_plugin.evaluate.figures",
+    "fgclep_plugin.study.cli",
 )
 
 
