@@ -9,6 +9,7 @@ same process. ``register()`` is idempotent; importing this module registers.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from collections.abc import Callable
 from copy import deepcopy
 from pathlib import Path
@@ -118,20 +119,74 @@ def _create_model_from_pretrained(*args: Any, **kwargs: Any):
     return out
 
 
-_MODEL_HOOKS: list[tuple[Any, str, Callable[..., Any], tuple[Any, ...]]] = [
-    # (module, attribute, replacement, other modules that re-export the same attribute)
-    (open_clip.model, "_build_vision_tower", _build_vision_tower, ()),
-    (open_clip.factory, "get_model_config", _get_model_config, (open_clip,)),
-    (open_clip.factory, "create_model_and_transforms", _create_model_and_transforms, (open_clip,)),
-    (open_clip.factory, "create_model_from_pretrained", _create_model_from_pretrained, (open_clip,)),
+SUPPORTED_OPEN_CLIP = "open_clip_torch>=3.3.0,<4"
+
+
+def check_symbol(module: Any, name: str, params: tuple[str, ...] = (), exact: bool = False) -> None:
+    """Fail with one message naming open_clip's version and the symbol when the attribute ``name`` of
+    ``module``, which a hook replaces, is missing or does not take ``params`` first (``exact``: only those).
+
+    The hooks pass their arguments through by position, so a renamed or reordered open_clip function would
+    otherwise break somewhere deep in a training run."""
+    where = f"{module.__name__}.{name}"
+    obj = getattr(module, name, None)
+    if obj is None:
+        problem = "does not exist"
+    else:
+        try:
+            got = tuple(inspect.signature(obj).parameters)
+        except (TypeError, ValueError):  # not introspectable: nothing to compare
+            return
+        if (got if exact else got[: len(params)]) == params:
+            return
+        problem = (
+            f"takes ({', '.join(got)}); the plugin expects ({', '.join(params)}{'' if exact else ', ...'})"
+        )
+    raise RuntimeError(
+        f"open_clip {getattr(open_clip, '__version__', '?')} is not supported by fgclep_plugin: {where} "
+        f"{problem} (supported: {SUPPORTED_OPEN_CLIP})"
+    )
+
+
+_MODEL_HOOKS: list[tuple[Any, str, Callable[..., Any], tuple[Any, ...], tuple[str, ...]]] = [
+    # (module, attribute, replacement, other modules that re-export it, the leading parameters it must take)
+    (
+        open_clip.model,
+        "_build_vision_tower",
+        _build_vision_tower,
+        (),
+        ("embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"),
+    ),
+    (open_clip.factory, "get_model_config", _get_model_config, (open_clip,), ("model_name",)),
+    (
+        open_clip.factory,
+        "create_model_and_transforms",
+        _create_model_and_transforms,
+        (open_clip,),
+        ("model_name",),
+    ),
+    (
+        open_clip.factory,
+        "create_model_from_pretrained",
+        _create_model_from_pretrained,
+        (open_clip,),
+        ("model_name",),
+    ),
 ]
 
 
-def _install(module: Any, name: str, replacement: Callable[..., Any], reexports: tuple[Any, ...]) -> None:
+def _install(
+    module: Any,
+    name: str,
+    replacement: Callable[..., Any],
+    reexports: tuple[Any, ...],
+    params: tuple[str, ...],
+) -> None:
     key = (module.__name__, name)
-    current = getattr(module, name)
+    current = getattr(module, name, None)
     if current is replacement:
         return
+    check_symbol(module, name, params)
     _ORIGINALS.setdefault(key, current)
     setattr(module, name, replacement)
     for other in reexports:
@@ -144,6 +199,7 @@ def _install(module: Any, name: str, replacement: Callable[..., Any], reexports:
 # encoder layers and the embeddings sit; open_clip lists that for RoBERTa-style models but not for BERT, so
 # locking all but the last N layers of the MiniLM / Bio_ClinicalBERT towers failed with KeyError 'layer_attr'.
 def _complete_bert_arch() -> None:
+    check_symbol(open_clip.hf_configs, "arch_dict")  # it must exist
     names = open_clip.hf_configs.arch_dict.get("bert", {}).get("config_names")
     if names is not None:
         names.setdefault("layer_attr", "layer")  # BertModel.encoder.layer
@@ -155,8 +211,8 @@ def register_model_hooks() -> None:
     configs = config_dir()
     if configs not in open_clip.factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(configs)
-    for module, name, replacement, reexports in _MODEL_HOOKS:
-        _install(module, name, replacement, reexports)
+    for module, name, replacement, reexports, params in _MODEL_HOOKS:
+        _install(module, name, replacement, reexports, params)
     _complete_bert_arch()
 
 

@@ -16,7 +16,7 @@ import open_clip_train.train as oc_train
 import torch
 
 from ..model import loss as model_loss
-from ..model.registry import register
+from ..model.registry import check_symbol, register
 from ..model.zeroshot import load_prompt_map
 from .pipeline import get_ecg_data
 from .zeroshot import DATA_KEY, check_zero_shot_data, ecg_zero_shot_eval, get_zero_shot_data
@@ -47,12 +47,7 @@ def _hook_create_model(plugin_args):
         for name in ("init_logit_scale", "init_logit_bias"):
             if getattr(plugin_args, name, None) is not None:
                 kwargs[name] = getattr(plugin_args, name)
-        model, *transforms = open_clip.create_model_and_transforms(*args, **kwargs)
-        if getattr(plugin_args, "ecg_feature_injection", "append") == "multi-positive":
-            from .injection import split_positives  # only this mode wraps the forward
-
-            split_positives(model)
-        return (model, *transforms)
+        return open_clip.create_model_and_transforms(*args, **kwargs)
 
     return create_model_and_transforms
 
@@ -162,6 +157,41 @@ def _cpu_safe_ddp():
     return CpuSafeDistributedDataParallel
 
 
+# The open_clip_train attributes the hooks replace and the leading parameters the hooks pass through to them
+# (train_one_epoch: all ten, by position); checked when the hooks are installed.
+TRAINING_SYMBOLS: tuple[tuple[Any, str, tuple[str, ...], bool], ...] = (
+    (oc_main, "parse_args", ("args",), False),
+    (oc_main, "create_model_and_transforms", (), False),  # may already be model.registry's (*args) hook
+    (oc_main, "get_data", ("args", "preprocess_fns", "epoch", "tokenizer"), False),
+    (oc_main, "create_loss", ("args",), False),
+    (
+        oc_main,
+        "train_one_epoch",
+        (
+            "model",
+            "data",
+            "loss",
+            "epoch",
+            "optimizer",
+            "scaler",
+            "scheduler",
+            "dist_model",
+            "args",
+            "tb_writer",
+        ),
+        True,
+    ),
+    (oc_train, "zero_shot_eval", ("model", "data", "epoch", "args", "tokenizer"), False),
+)
+
+
+def check_training_symbols() -> None:
+    """Fail with one message naming open_clip's version and the symbol when an attribute the training hooks
+    replace is missing or takes other parameters (:func:`fgclep_plugin.model.registry.check_symbol`)."""
+    for module, name, params, exact in TRAINING_SYMBOLS:
+        check_symbol(module, name, params, exact)
+
+
 class training_hooks:  # lower case: used like contextlib's context managers
     """Context manager installing the training hooks above for one ``open_clip_train.main.main`` call."""
 
@@ -171,6 +201,7 @@ class training_hooks:  # lower case: used like contextlib's context managers
 
     def __enter__(self) -> None:
         register()  # the model side must be in place: the hooks below wrap open_clip's hooked factory
+        check_training_symbols()
         # create_model_and_transforms: wrap open_clip's current one (model.registry's hook), not the original
         # that open_clip_train.main imported before register() ran.
         patches = [
