@@ -47,7 +47,12 @@ def _hook_create_model(plugin_args):
         for name in ("init_logit_scale", "init_logit_bias"):
             if getattr(plugin_args, name, None) is not None:
                 kwargs[name] = getattr(plugin_args, name)
-        return open_clip.create_model_and_transforms(*args, **kwargs)
+        model, *transforms = open_clip.create_model_and_transforms(*args, **kwargs)
+        if getattr(plugin_args, "ecg_feature_injection", "append") == "multi-positive":
+            from .injection import split_positives  # only this mode wraps the forward
+
+            split_positives(model)
+        return (model, *transforms)
 
     return create_model_and_transforms
 
