@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import logging
 import os
 import pickle
 import sys
+import warnings
+import zipfile
 from collections.abc import Iterator, Sequence
 
 from .ecgdata.reader import expand_urls
@@ -157,10 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int | None:
     from .training.hooks import register, training_hooks
 
     register()
-    with training_hooks(plugin_args), _logging_restored(), _weights_only_resume(oc_main):
+    with (
+        training_hooks(plugin_args),
+        _logging_restored(),
+        _weights_only_resume(oc_main),
+        _complete_latest(oc_main),
+    ):
         try:
             return oc_main.main(rest)
-        except UnsafeCheckpoint as e:
+        except BadCheckpoint as e:
             print(f"fgclep_plugin.train: error: {e}", file=sys.stderr)
             return 1
 
@@ -184,7 +192,11 @@ def check_train_data(argv: Sequence[str]) -> str | None:
     return None
 
 
-class UnsafeCheckpoint(RuntimeError):
+class BadCheckpoint(RuntimeError):
+    """A ``--resume`` checkpoint that cannot be loaded (cut short, not a checkpoint)."""
+
+
+class UnsafeCheckpoint(BadCheckpoint):
     """A checkpoint that ``torch.load(..., weights_only=True)`` refuses (it holds more than weights)."""
 
 
@@ -202,6 +214,9 @@ def _weights_only_resume(oc_main) -> Iterator[None]:
             except pickle.UnpicklingError as e:
                 first = str(e).strip().splitlines()[0][:200]
                 raise UnsafeCheckpoint(f"{file_path}: refused to load (not plain weights; {first})") from None
+            except (RuntimeError, EOFError) as e:  # torch's reader on a file cut short or not a checkpoint
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise BadCheckpoint(f"{file_path}: cannot be read ({first})") from None
 
     saved = oc_main.pt_load
     oc_main.pt_load = pt_load
@@ -209,6 +224,32 @@ def _weights_only_resume(oc_main) -> Iterator[None]:
         yield
     finally:
         oc_main.pt_load = saved
+
+
+@contextlib.contextmanager
+def _complete_latest(oc_main) -> Iterator[None]:
+    """``--resume latest`` takes the last ``*.pt`` by name, also one a kill cut short while ``torch.save`` wrote it
+    (open_clip writes ``epoch_N.pt`` in place); skip local files that are not complete zip archives (torch's
+    format ends with the zip's central directory), with a warning naming each, and ``tmp.pt``."""
+    saved = oc_main.get_latest_checkpoint
+
+    def get_latest_checkpoint(path: str, remote: bool):
+        if remote:
+            return saved(path, remote)
+        found = sorted(glob.glob(path + "**/*.pt", recursive=True), key=oc_main.natural_key)
+        for ckpt in reversed(found):
+            if os.path.basename(ckpt) == "tmp.pt":  # open_clip's --save-most-recent temporary
+                continue
+            if zipfile.is_zipfile(ckpt):
+                return ckpt
+            warnings.warn(f"{ckpt}: incomplete checkpoint skipped (cut short while written?)", stacklevel=2)
+        return None
+
+    oc_main.get_latest_checkpoint = get_latest_checkpoint
+    try:
+        yield
+    finally:
+        oc_main.get_latest_checkpoint = saved
 
 
 @contextlib.contextmanager
