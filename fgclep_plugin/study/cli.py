@@ -24,7 +24,8 @@ from ..defaults import DEFAULT_MODEL
 
 # training.injection.INJECTIONS, not imported: torch would load whenever the fgclep parser is built
 INJECTIONS = ("append", "caption", "multi-positive")
-# --fast: FGCLEP-Tiny on a tiny corpus, two rates and two seeds (the study's test; too small to learn).
+# --fast: FGCLEP-Tiny on a tiny corpus, two rates, two seeds, one stage-2 arm with two injections (the study's
+# test: every step and the report run; too small to learn).
 FAST = {
     "model": "FGCLEP-Tiny",
     "mention_rates": [0.3, 0.6],
@@ -41,6 +42,7 @@ FAST = {
     "calib_size": 32,
     "bootstrap": 50,
     "injections": ["append", "multi-positive"],
+    "arms": ["perfect-features"],
 }
 
 

@@ -145,6 +145,7 @@ def score_checkpoint(model: str, checkpoint: str, root: Path, batch_size: int = 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     buf = io.BytesIO()
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
