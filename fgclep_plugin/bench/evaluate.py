@@ -31,6 +31,8 @@ from typing import Any
 import open_clip
 import torch
 
+from ..cliargs import HelpFormatter
+from ..defaults import DEFAULT_MODEL
 from ..ecgdata.reader import expand_urls, iter_raw, iter_samples, read_sizes
 from ..ecgdata.shards import atomic_write_json
 from ..model.scoring import embed_ecgs, load_model
@@ -198,12 +200,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
         prog="python -m fgclep_plugin.bench.evaluate",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config name")
     p.add_argument("--checkpoint", default=None, help="open_clip checkpoint (speed does not depend on it)")
     p.add_argument("--n", type=int, default=10000, help="ECGs in the replicated shard set")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="ECGs per encoder batch")
     p.add_argument("--source", default=None, help="shards to replicate (default: 500 synthetic test records)")
     p.add_argument("--label-key", default="diagnoses", help="zero-shot labels in the source's json")
     p.add_argument("--workers", type=int, default=0, help="zero-shot loader worker processes")

@@ -23,6 +23,8 @@ import psutil
 import torch
 from open_clip_train.precision import get_autocast
 
+from ..cliargs import HelpFormatter, add_device_argument
+from ..defaults import DEFAULT_MODEL
 from ..ecgdata.reader import iter_samples
 from ..model.loss import create_fgclep_loss
 from ..model.registry import register
@@ -153,15 +155,17 @@ def format_result(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
-        prog="python -m fgclep_plugin.bench.train", description=__doc__.split("\n")[0]
+        prog="python -m fgclep_plugin.bench.train",
+        description=__doc__.split("\n")[0],
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM")
-    p.add_argument("--shards", default=DEFAULT_SHARDS)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config name")
+    p.add_argument("--shards", default=DEFAULT_SHARDS, help="training shards")
+    p.add_argument("--batch-size", type=int, default=32, help="ECG-report pairs per step")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--precision", default="fp32", help="open_clip precision: fp32, amp, amp_bf16")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_argument(p, "cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = bench(

@@ -20,6 +20,8 @@ import torch
 
 from ..augment import knowledge as kb
 from ..augment.validate import RuleConfig, TextTable, decide, ecg_embeddings, naive_decisions, score_pairs
+from ..cliargs import HelpFormatter
+from ..defaults import DEFAULT_MODEL
 from ..ecgdata.ecg import canonicalize
 from ..model.scoring import load_model
 from ..synth.source import synth_record
@@ -37,8 +39,12 @@ def _candidates(reports: list[str], k: int) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Time both paths and print them side by side."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="FGCLEP-ResNet1d18-MiniLM", help="open_clip model config")
+    ap = argparse.ArgumentParser(
+        prog="python -m fgclep_plugin.bench.validate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config")
     ap.add_argument("--checkpoint", default=None, help="stage-1 checkpoint (speed does not depend on it)")
     ap.add_argument("--ecgs", type=int, default=200, help="ECGs validated by the batched path")
     ap.add_argument("--naive-ecgs", type=int, default=10, help="ECGs validated naively (the first ones)")

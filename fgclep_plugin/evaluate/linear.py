@@ -26,8 +26,8 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-from ..model.zeroshot import macro_auc
-from .zeroshot import EmbeddedSplit, auc_summary, rank_auc
+from ..model.zeroshot import macro_auc, rank_auc
+from .zeroshot import EmbeddedSplit, auc_summary
 
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
 FRACTIONS = (1.0, 10.0, 100.0)

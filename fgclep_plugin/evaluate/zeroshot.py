@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from ..ecgdata.ecg import LEADS
 from ..ecgdata.manifest import file_sha256
@@ -43,7 +42,7 @@ from ..ecgdata.reader import expand_urls
 from ..ecgdata.shards import atomic_write_bytes
 from ..model import scoring
 from ..model.scoring import EmbeddedShards, LoadedModel, embed_texts, similarity
-from ..model.zeroshot import label_targets, macro_auc, template_classifier
+from ..model.zeroshot import label_targets, macro_auc, rank_auc, template_classifier
 from .tasks import Task
 
 PROMPT_SETS = ("templates", "ens", "ckepe")
@@ -261,18 +260,6 @@ def prompt_scores(loaded: LoadedModel, task: Task, emb: np.ndarray, prompt_set: 
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def rank_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Per-column ROC AUC ``[C]`` by the rank-sum (Mann-Whitney) formula, ties averaged (equal to
-    scikit-learn's); ``nan`` where a column has a single outcome. Fast enough for thousands of resamples."""
-    ranks = rankdata(scores, axis=0)
-    pos = targets.sum(0).astype(np.float64)
-    neg = len(targets) - pos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * targets).sum(0) - pos * (pos + 1) / 2) / (pos * neg)
-    auc[(pos == 0) | (neg == 0)] = np.nan
-    return auc
-
-
 def bootstrap_interval(
     scores: np.ndarray | Sequence[np.ndarray],
     targets: np.ndarray,
@@ -312,7 +299,7 @@ def auc_summary(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Macro AUC (scikit-learn, :func:`fgclep_plugin.model.zeroshot.macro_auc`), per class with positives,
+    """Macro AUC (:func:`fgclep_plugin.model.zeroshot.macro_auc`), per class with positives,
     skipped classes and the bootstrap interval. A list of score matrices (repeats) gives their mean AUC."""
     mats = [scores] if isinstance(scores, np.ndarray) else list(scores)
     runs = [macro_auc(m, targets, class_names) for m in mats]
