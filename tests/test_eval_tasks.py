@@ -145,3 +145,20 @@ def test_eval_help_renders(sub, capsys):
         main(["eval", sub, "--help"])
     assert exit_info.value.code == 0
     assert "%%" not in capsys.readouterr().out
+
+
+def test_synth_task_reads_an_existing_corpus_as_it_is(tmp_path):
+    """A small corpus at mention rate 0.6 is scored as written: not regenerated with the default sizes and
+    rate (it was, silently, before: every non-default corpus evaluated was the default one)."""
+    from fgclep_plugin.ecgdata.reader import iter_samples
+    from fgclep_plugin.evaluate.tasks import get_task
+    from fgclep_plugin.synth.corpus import generate_corpus
+
+    generate_corpus(tmp_path, {"train": 6, "val": 4, "test": 5}, p_mention=0.6, maxcount=4)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")}
+    task = get_task("synth-feature", tmp_path)
+    assert task.splits["train"].endswith("synth-train-{000000..000001}.tar")
+    samples = list(iter_samples(task.splits["test"]))
+    assert len(samples) == 5
+    assert {s["meta"]["synth"]["p_mention"] for s in samples} == {0.6}
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")} == before

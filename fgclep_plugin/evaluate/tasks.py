@@ -27,7 +27,7 @@ from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.records import EcgRecord, RejectError
 from ..ecgdata.shards import atomic_write_json, write_shards
 from ..ecgdata.sources import make_source
-from ..synth.corpus import ensure_synth_corpus
+from ..synth.corpus import ensure_synth_corpus, existing_corpus_urls
 from ..synth.vocabulary import DIAGNOSES, FEATURES
 
 SPLITS = ("train", "val", "test")
@@ -352,8 +352,9 @@ def ludb_task(name: str, folder: str | Path = "shards/ludb") -> Task:
 
 
 def synth_task(name: str, folder: str | Path = "data/synth") -> Task:
-    """``synth-diagnosis`` / ``synth-feature`` over the synthetic corpus in ``folder`` (generated if missing)."""
-    urls = ensure_synth_corpus(folder)
+    """``synth-diagnosis`` / ``synth-feature`` over the synthetic corpus in ``folder``: a corpus already there
+    is read as it is (any size or mention rate: never regenerated with the defaults); generated if missing."""
+    urls = existing_corpus_urls(folder) or ensure_synth_corpus(folder)
     if name == "synth-diagnosis":
         key, prompts = "diagnoses", {k: v["phrases"][0] for k, v in DIAGNOSES.items()}
         what = "the generator's diagnoses (ground truth)"

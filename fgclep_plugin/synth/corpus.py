@@ -9,6 +9,7 @@ refuses a folder holding a different corpus.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -53,6 +54,21 @@ def generate_corpus(
             source, shard_pattern(root, split), maxcount, workers, progress=progress, log=log
         )
     return out
+
+
+def existing_corpus_urls(root: str | Path) -> dict[str, str] | None:
+    """Shard URL pattern per split of a corpus already written in ``root`` (every split's ``sizes.json``
+    present), whatever its size, seed or mention rate; None when a split is missing or incomplete."""
+    urls = {}
+    for split in SPLITS:
+        sizes = Path(root) / split / "sizes.json"
+        if not sizes.is_file():
+            return None
+        n = len(json.loads(sizes.read_text()))
+        if n == 0:
+            return None
+        urls[split] = str(Path(root) / split / f"synth-{split}-{{000000..{n - 1:06d}}}.tar")
+    return urls
 
 
 def _is_generated_split_dir(folder: Path, split: str) -> bool:
