@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fgclep_plugin import demo
+from fgclep_plugin.demo.config import STAGE2_KINDS
 
 
 def _stage(st: demo.Stages, tmp: Path, name: str, settings: dict, inputs: list[str], calls: list[str]) -> str:
@@ -120,7 +121,7 @@ def test_demo_table_takes_each_column_from_its_rows():
     assert (prec["FG-CLEP"]["value"], prec["unvalidated"]["value"]) == (0.8, 0.3)
     text = demo.format_table(demo.demo_table(rows, summaries))
     assert (
-        "| synth-feature zero-shot macro AUC (ens) | 0.610 [0.550, 0.660] | 0.720 [0.700, 0.740] | - | - |"
+        "| synth-feature zero-shot macro AUC (ens) | 0.610 [0.550, 0.660] | 0.720 [0.700, 0.740] | - | - | - |"
         in text
     )
 
@@ -131,7 +132,7 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     argv = ["--fast", "--out", str(out), "--synth-data", str(tmp_path / "synth")]
     assert demo.main(argv) == 0
     log = capsys.readouterr().out
-    stages = ("stage1", "stage2-validated", "stage2-unvalidated", *(f"stage3-{k}" for k in demo.RUNS), "eval")
+    stages = ("stage1", *(f"stage2-{k}" for k in STAGE2_KINDS), *(f"stage3-{k}" for k in demo.RUNS), "eval")
     for stage in stages:
         assert f"[{stage}] running ..." in log and f"[{stage}] finished in" in log, stage
     res = json.loads((out / "results.json").read_text())
@@ -141,6 +142,10 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
     # augmented shards: validated ones keep fewer features than the keep-all control, and some are kept
     kept = {k: v["kept_per_report"] for k, v in res["augment"].items()}
     assert 0 < kept["validated"] < kept["unvalidated"]
+    # the ceiling keeps exactly the truly present candidates: precision 1 against the ground truth
+    gt = res["augment"]["perfect-validation"]["ground_truth"]
+    oracle = next(g for g in gt if g["rule"] == res["augment"]["perfect-validation"]["rule"])
+    assert oracle["precision"] == 1.0 and oracle["recall"] == 1.0
     shard = min((out / "stage2-validated").glob("train-*.tar"))
     with tarfile.open(shard) as tf:
         names = tf.getnames()

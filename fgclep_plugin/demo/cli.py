@@ -9,7 +9,7 @@ import sys
 from ..cliargs import HelpFormatter, add_command, add_out_argument, add_seed_argument
 from ..defaults import DEFAULT_MODEL, LUDB_DATA, SYNTH_DATA
 from ..training.precision import resolve_precision
-from .config import DEMO_FNM_LAMBDA, FAST
+from .config import DEMO_FNM_LAMBDA, FAST, STAGE3_LR, STAGE3_WARMUP
 from .pipeline import run_demo
 from .stages import parse_generator, run
 
@@ -22,9 +22,9 @@ DESCRIPTION = """Demo: the whole FG-CLEP method on the embedded data, one comman
    untrained model);
 2. stage 2: candidate features per report (the offline knowledge base in-process, or an LLM through
    ``fgclep features generate``) validated with the stage-1 model (``fgclep augment``), plus a control that
-   keeps every candidate unvalidated;
-3. stage 3 (FG-CLEP): the same entry point with ``--pretrained`` on the validated shards, and the two controls
-   for the same epochs: unvalidated candidates, original reports;
+   keeps every candidate unvalidated and the ceiling that keeps exactly the truly present ones (oracle);
+3. stage 3 (FG-CLEP): the same entry point with ``--pretrained`` on the validated shards, the two controls
+   for the same epochs (unvalidated candidates, original reports) and the perfect-validation ceiling;
 4. evaluation (``fgclep eval``'s functions): zero-shot macro AUC with bootstrap interval (templates and ENS) on
    the synthetic diagnoses, the synthetic waveform features and LUDB records 151-200, the linear probe, and
    the ground-truth precision / recall of the kept features; ``results.md``, ``results.json``, figures.
@@ -95,7 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stage3-shards", type=int, default=2, help="training shards (500 ECGs each) augmented")
     g.add_argument("--stage3-epochs", type=int, default=2, help="stage-3 epochs (each run and control)")
     g.add_argument("--stage3-samples", type=int, default=800, help="stage-3 training samples per epoch")
-    g.add_argument("--stage3-lr", type=float, default=1e-4, help="stage-3 learning rate")
+    g.add_argument("--stage3-lr", type=float, default=STAGE3_LR, help="stage-3 learning rate (fresh AdamW)")
+    g.add_argument("--stage3-warmup", type=int, default=STAGE3_WARMUP, help="stage-3 warm-up steps")
     g.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples of the test records")
     g.add_argument("--probe-epochs", type=int, default=30, help="linear-probe head epochs")
     g.add_argument("--ludb-data", default=LUDB_DATA, help="the LUDB shards (test = records 151-200)")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..synth.corpus import ensure_synth_corpus
-from .config import RUN_LABELS, RUNS
+from .config import RUN_LABELS, RUNS, STAGE2_KINDS
 from .report import format_table, write_report
 from .runner import Stages
 from .stages import (
@@ -38,7 +38,7 @@ def stage1_name(args: argparse.Namespace) -> str:
 
 def checkpoint_paths(args: argparse.Namespace) -> dict[str, Path]:
     """Every checkpoint the whole demo writes with these (parsed, ``--fast``-applied) arguments, by column:
-    ``CLEP`` (stage 1) and each stage-3 run (``FG-CLEP``, ``unvalidated``, ``original``)."""
+    ``CLEP`` (stage 1) and each stage-3 run (``FG-CLEP``, ``unvalidated``, ``original``, ``perfect validation``)."""
     paths = {"CLEP": checkpoint_path(args.out, stage1_name(args), args.epochs)}
     for kind in RUNS:
         paths[RUN_LABELS[kind]] = checkpoint_path(args.out, f"stage3-{kind}", args.stage3_epochs)
@@ -61,11 +61,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     st.run("stage1", s1_set, [], [ck1], lambda: stage1(s1, urls), clear=[out / s1.name])
 
     summaries: dict[str, dict] = {}
-    for kind in ("validated", "unvalidated"):
+    for kind in STAGE2_KINDS:
         folder = out / f"stage2-{kind}"
+        rule = {"unvalidated": "keep-all", "perfect-validation": "oracle"}.get(kind, args.rule)
         s2_set = {
             "generator": args.generator,
-            "rule": "keep-all" if kind == "unvalidated" else args.rule,
+            "rule": rule,
             "calib_size": args.calib_size,
             "shards": args.stage3_shards,
         }
@@ -88,7 +89,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             epochs=args.stage3_epochs,
             train_samples=args.stage3_samples,
             lr=args.stage3_lr,
-            warmup=0,
+            warmup=args.stage3_warmup,
             extra=[*args.extra, "--pretrained", str(ck1)],
         )
         s3_set = {k: getattr(s3, k) for k in (*TRAIN_KEYS, *TRAIN_KEYS_EXTRA)}
@@ -104,7 +105,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     results_path = out / "results.json"
     ev_set = {"bootstrap": args.bootstrap, "probe_epochs": args.probe_epochs, "ludb": args.ludb_data}
-    stage_inputs = ["stage1", "stage2-validated", "stage2-unvalidated", *(f"stage3-{k}" for k in RUNS)]
+    stage_inputs = ["stage1", *(f"stage2-{k}" for k in STAGE2_KINDS), *(f"stage3-{k}" for k in RUNS)]
 
     def do_eval() -> None:
         rows = evaluate_all(args, ckpts)

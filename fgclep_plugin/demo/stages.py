@@ -195,7 +195,8 @@ def stage3_input(urls: dict[str, str], shards: int) -> str:
 
 def stage2(args: argparse.Namespace, urls: dict[str, str], ckpt: Path, kind: str) -> dict[str, Any]:
     """Candidates (LLM backends: ``fgclep features generate`` first) validated by stage 1 into
-    ``OUT/stage2-<kind>/``; ``kind`` 'unvalidated' keeps every candidate. Writes ``summary.json``."""
+    ``OUT/stage2-<kind>/``; ``kind`` 'unvalidated' keeps every candidate, 'perfect-validation' exactly those whose
+    feature the ground truth has. Writes ``summary.json``."""
     backend, model = parse_generator(args.generator)
     cache = Path(args.out) / "candidates"
     data = stage3_input(urls, args.stage3_shards)
@@ -209,7 +210,10 @@ def stage2(args: argparse.Namespace, urls: dict[str, str], ckpt: Path, kind: str
         )
         print("running:", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
-    cfg = RuleConfig(**KEEP_ALL) if kind == "unvalidated" else RuleConfig(rule=args.rule)
+    cfg = {
+        "unvalidated": RuleConfig(**KEEP_ALL),
+        "perfect-validation": RuleConfig(rule="oracle"),
+    }.get(kind, RuleConfig(rule=args.rule))
     folder = Path(args.out) / f"stage2-{kind}"
     summary = run_augment(
         data,
