@@ -36,13 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..ecgdata.ecg import LEADS
 from ..ecgdata.manifest import file_sha256
 from ..ecgdata.reader import expand_urls
 from ..ecgdata.shards import atomic_write_bytes
 from ..model import scoring
 from ..model.scoring import EmbeddedShards, LoadedModel, embed_texts, similarity
-from ..model.zeroshot import label_targets, macro_auc, rank_auc, template_classifier
+from ..model.zeroshot import ens_prompts, ens_scores, label_targets, macro_auc, rank_auc, template_classifier
 from .tasks import Task
 
 PROMPT_SETS = ("templates", "ens", "ckepe")
@@ -211,23 +210,11 @@ def cached_split(
 # ---------------------------------------------------------------------------------------------- prompts
 
 
-def ens_prompts(words: str) -> list[str]:
-    """The paper's ENS prompts of one class: ``"<words> in lead <x>"`` for the 12 leads, then ``"<words>"``."""
-    return [f"{words} in lead {lead}" for lead in LEADS] + [words]
-
-
 def ckepe_prompts(task: Task) -> list[str]:
     """MERL's zero-shot strings: the CKEPE text of every class, lower-cased (as MERL's ``get_class_emd``)."""
     if not task.ckepe:
         raise ValueError(f"task {task.name} has no CKEPE prompts (MERL benchmark tasks only)")
     return [task.ckepe[c].lower() for c in task.class_names]
-
-
-def ens_scores(ecg_emb: torch.Tensor, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ENS: ``prompt_emb`` is ``[C * 13, D]`` (13 prompts per class, class-major); returns the per-prompt
-    cosines ``[N, C, 13]`` and their maximum ``[N, C]``."""
-    per_prompt = similarity(ecg_emb, prompt_emb).reshape(len(ecg_emb), -1, len(LEADS) + 1)
-    return per_prompt, per_prompt.max(dim=-1).values
 
 
 def prompt_scores(loaded: LoadedModel, task: Task, emb: np.ndarray, prompt_set: str) -> np.ndarray:

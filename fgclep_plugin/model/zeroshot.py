@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .scoring import embed_ecgs, precision_context
+from ..ecgdata.ecg import LEADS
+from .scoring import embed_ecgs, precision_context, similarity
 
 ECG_TEMPLATES: tuple[str, ...] = (
     "{}.",
@@ -59,6 +60,19 @@ def load_prompt_map(path: str | Path) -> dict[str, str]:
 def mapped_prompt_text(prompts: Mapping[str, str], class_name: str) -> str:
     """``prompts[class_name]`` if mapped, else :func:`default_prompt_text`."""
     return prompts.get(class_name) or default_prompt_text(class_name)
+
+
+def ens_prompts(words: str) -> list[str]:
+    """The paper's ENS prompts of one class: ``"<words> in lead <x>"`` for the 12 leads, then ``"<words>"``
+    (the evaluation's ENS prompt set and stage 2's ``lead-ensemble`` rule)."""
+    return [f"{words} in lead {lead}" for lead in LEADS] + [words]
+
+
+def ens_scores(ecg_emb: torch.Tensor, prompt_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ENS: ``prompt_emb`` is ``[C * 13, D]`` (13 prompts per class, class-major); returns the per-prompt
+    cosines ``[N, C, 13]`` and their maximum ``[N, C]``."""
+    per_prompt = similarity(ecg_emb, prompt_emb).reshape(len(ecg_emb), -1, len(LEADS) + 1)
+    return per_prompt, per_prompt.max(dim=-1).values
 
 
 def rank_auc(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
