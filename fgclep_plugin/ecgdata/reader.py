@@ -1,5 +1,8 @@
 """Reading ECG shards back: URL expansion, sample decoding and a plain streaming iterator.
 
+Shards and their ``sizes.json`` are opened by :func:`.opener.open_url`: local paths, ``file:``, ``pipe:`` and
+fsspec URLs (``http(s)://``, ``s3://``, ``gs://``, ``hf://``), brace ranges expanded in every one.
+
 The training pipeline, stage 2 and evaluation all decode samples with :func:`decode_sample`, so a shard means
 the same thing everywhere. Arrays load with ``allow_pickle=False``: a shard is data, never code.
 """
@@ -9,14 +12,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from .ecg import LEADS, N_SAMPLES
+from .opener import open_url, read_optional
 
 
 def expand_urls(urls: str | Sequence[str]) -> list[str]:
@@ -73,14 +75,6 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     if "__url__" in raw:
         out["__url__"] = raw["__url__"]
     return out
-
-
-def _open(url: str):
-    if url.startswith("pipe:"):
-        proc = subprocess.Popen(url[5:], shell=True, stdout=subprocess.PIPE)
-        return proc.stdout, proc
-    url = url.removeprefix("file:")
-    return open(url, "rb"), None
 
 
 def _octal(field: bytes) -> int:
@@ -162,9 +156,7 @@ def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
     belongs to another key) and then raises :class:`TruncatedShard` naming the shard.
     """
     for url in expand_urls(urls):
-        stream, proc = _open(url)
-        complete = False
-        try:
+        with open_url(url) as stream:
             current: dict[str, Any] | None = None
             try:
                 for name, data in iter_tar(stream, url):
@@ -189,13 +181,6 @@ def iter_raw(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
                 raise
             if current is not None:
                 yield current
-            complete = True
-        finally:
-            stream.close()
-            if proc is not None:
-                proc.wait()
-        if proc is not None and complete and proc.returncode != 0:  # e.g. the download failed: not 0 samples
-            raise OSError(f"{url}: command exited with status {proc.returncode}")
 
 
 def iter_samples(urls: str | Sequence[str]) -> Iterator[dict[str, Any]]:
@@ -213,10 +198,10 @@ def read_sizes(urls: str | Sequence[str]) -> int | None:
     shards = expand_urls(urls)
     by_dir: dict[str, dict | None] = {}
     for shard in shards:
-        d = os.path.dirname(shard)
+        d = os.path.dirname(shard)  # a URL's folder too: the sizes.json beside remote shards
         if d not in by_dir:
-            path = os.path.join(d, "sizes.json")
-            by_dir[d] = json.loads(Path(path).read_text()) if os.path.isfile(path) else None
+            data = read_optional(os.path.join(d, "sizes.json"))
+            by_dir[d] = None if data is None else json.loads(data)
     if all(sizes is None for sizes in by_dir.values()):
         return None
     total = 0
