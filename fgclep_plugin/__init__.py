@@ -3,6 +3,9 @@
 ``import fgclep_plugin`` is cheap: it does not import torch or open_clip. It registers the plugin with
 open_clip (model configs, ECG tower, ECG transforms, offline tokenizers; see ``fgclep_plugin.model.registry``) as
 soon as open_clip is imported, or at once if open_clip already is. ``register()`` does it explicitly.
+
+``fgclep_plugin.classify(files, model=..., checkpoint=..., classes=[...])`` classifies ECG files
+(:func:`fgclep_plugin.deploy.classify.classify`); it is imported on first use.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import importlib.abc
 import importlib.util
 import sys
+from typing import Any
 
-__all__ = ["register"]
+__all__ = ["classify", "register"]
 
 
 def register() -> None:
@@ -20,6 +24,15 @@ def register() -> None:
     from .model.registry import register as _register
 
     _register()
+
+
+def __getattr__(name: str) -> Any:
+    """``classify``, imported on first use (it imports the readers; torch when it runs)."""
+    if name == "classify":
+        from .deploy.classify import classify  # on first use: ``import fgclep_plugin`` stays cheap
+
+        return classify
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _RegisterAfterOpenClipImport(importlib.abc.MetaPathFinder):

@@ -38,6 +38,7 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.evaluate.retrieval",
     "fgclep_plugin.evaluate.figures",
     "fgclep_plugin.study.cli",
+    "fgclep_plugin.deploy.classify",
 )
 
 
