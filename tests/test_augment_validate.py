@@ -103,9 +103,9 @@ def test_calibrated_threshold_matches_independent_quantile(lm):
     t = texts.emb[texts.rows(["wide qrs complex"])[0]]
     cos = (emb @ t).numpy()
     ref = cos[[i % 4 != 0 for i in range(40)]]  # ECGs whose reports do not propose it
-    assert got["wide qrs complex"][0.9] == pytest.approx(float(np.quantile(ref, 0.9)), abs=1e-6)
+    assert got["wide qrs complex"]["0.9"] == pytest.approx(float(np.quantile(ref, 0.9)), abs=1e-6)
     t2 = texts.emb[texts.rows(["delta wave"])[0]]
-    assert got["delta wave"][0.9] == pytest.approx(float(np.quantile((emb @ t2).numpy(), 0.9)), abs=1e-6)
+    assert got["delta wave"]["0.9"] == pytest.approx(float(np.quantile((emb @ t2).numpy(), 0.9)), abs=1e-6)
     keep = decide(np.array([0.5, 0.1]), np.zeros(2), np.array([0.2, np.nan]), RuleConfig("quantile"))
     assert list(keep) == [True, False]  # no reference: never kept
 

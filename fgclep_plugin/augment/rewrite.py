@@ -58,9 +58,11 @@ from .validate import (
     CALIB_SIZE,
     COSINE_THRESHOLD,
     DEFAULT_RULE,
+    EXTRA_SCORES,
     PAPER_THRESHOLD,
     QUANTILE,
     RULES,
+    WITHIN_PROPOSER_QUANTILE,
     RuleConfig,
     Tally,
     TextTable,
@@ -68,6 +70,7 @@ from .validate import (
     decide,
     ecg_embeddings,
     score_pairs,
+    stored_decisions,
 )
 
 MAX_NAMED_WARNINGS = 20
@@ -79,6 +82,7 @@ COMPARED = (
     RuleConfig("cosine", cosine_threshold=COSINE_THRESHOLD),
     RuleConfig("cosine", cosine_threshold=0.4),
     *(RuleConfig("quantile", quantile=q) for q in QUANTILES),
+    *(RuleConfig(r) for r in ("within-proposer", "lead-ensemble", "centred")),
 )
 
 
@@ -214,11 +218,12 @@ class Calibration:
         self.emb, self.proposed, self.texts = emb, proposed, texts
         # "shard name/key" -> row: a reference ECG is not encoded a second time when its shard is rewritten
         self.rows = {k: i for i, k in enumerate(samples)}
-        self.qs = sorted({float(q), *QUANTILES})
-        self.thresholds: dict[str, dict[float, float]] = {}
+        self.qs = sorted({float(q), *QUANTILES, *(r.quantile for r in COMPARED)})
+        self.thresholds: dict[str, dict[str, float]] = {}
 
-    def threshold(self, candidates: Sequence[str]) -> list[dict[float, float]]:
-        """Calibrated cosine thresholds (quantile -> threshold) per candidate text ({} without a reference)."""
+    def threshold(self, candidates: Sequence[str]) -> list[dict[str, float]]:
+        """Calibrated thresholds (validate.threshold_key -> threshold) per candidate text ({} without a
+        reference)."""
         new = [c for c in dict.fromkeys(candidates) if c not in self.thresholds]
         if new:
             got = calibrate(self.emb, self.proposed, self.texts, new, self.qs)
@@ -325,15 +330,15 @@ def _process_shard(
     done = [(i, r) for i, r in enumerate(ref) if r is not None]
     if done:
         emb[[i for i, _ in done]] = calib.emb[[r for _, r in done]]
-    scores = score_pairs(lm, emb, cand_lists, texts)
+    scores = score_pairs(lm, emb, cand_lists, texts, EXTRA_SCORES)
     flat = [c for cl in cand_lists for c in cl]
     thr_all = calib.threshold(flat)
-    thr = np.array([t.get(cfg.quantile, np.nan) for t in thr_all], dtype=np.float64)
+    thr = np.array([t.get(cfg.threshold_key(), np.nan) for t in thr_all], dtype=np.float64)
     truth = None
     if cfg.rule == "oracle":
         truth = [t for (_, s, _), cl, w in zip(good, cand_lists, where)
                  for t in oracle.candidate_truth(s["meta"], s["text"], cl, w)]  # fmt: skip
-    kept = decide(scores.cos, scores.prob, thr, cfg, truth)
+    kept = decide(scores.of(cfg.score), scores.prob, thr, cfg, truth)
     pos = 0
     all_rows = []
     for cl in cand_lists:
@@ -345,8 +350,9 @@ def _process_shard(
                     "feature": knowledge.feature_of(c),
                     "cos": round(float(scores.cos[pos]), 6),
                     "prob": round(float(scores.prob[pos]), 6),
+                    "scores": {k: round(float(v[pos]), 6) for k, v in scores.extra.items()},
                     "threshold": None if np.isnan(thr[pos]) else round(float(thr[pos]), 6),
-                    "thresholds": {f"{q:g}": round(v, 6) for q, v in thr_all[pos].items()},
+                    "thresholds": {k: round(v, 6) for k, v in thr_all[pos].items()},
                     "kept": bool(kept[pos]),
                 }
             )
@@ -401,15 +407,7 @@ def summarise(
             s2 = meta.get("stage2") or {}
             cands = s2.get("candidates") or []
             reports.add(normalise_report(s2.get("report", "")))
-            cos = np.array([c["cos"] for c in cands], dtype=np.float64)
-            prob = np.array([c["prob"] for c in cands], dtype=np.float64)
-            rule_sets = {}
-            for r in rules:
-                if r.rule == "oracle":  # decided from the truth when written: the stored decisions
-                    rule_sets[r.describe()] = [bool(c["kept"]) for c in cands]
-                    continue
-                thr = np.array([(c.get("thresholds") or {}).get(f"{r.quantile:g}", np.nan) for c in cands])
-                rule_sets[r.describe()] = list(decide(cos, prob, thr.astype(np.float64), r))
+            rule_sets = {r.describe(): stored_decisions(cands, r) for r in rules}
             tally.add(meta, s2.get("report", ""), cands, rule_sets)
     n = max(tally.samples, 1)
     return {
@@ -659,7 +657,14 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     add_out_argument(p, "output shard pattern, e.g. aug/train-%%06d.tar")
     p.add_argument("--cache", required=True, help="candidate cache folder (fgclep features generate)")
     add_model_arguments(p)  # the stage-1 model: --model, --checkpoint (required; 'none' = random weights)
-    p.add_argument("--rule", choices=RULES, default=DEFAULT_RULE, help="decision rule")
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default=DEFAULT_RULE,
+        help="decision rule. Calibrated per candidate (--quantile): quantile (cosine vs ECGs not proposing it), "
+        "within-proposer (vs ECGs proposing it), lead-ensemble (ENS score), centred (cosine minus the ECG's mean "
+        "over the vocabulary); cosine, paper (thresholds); oracle (synthetic truth)",
+    )
     p.add_argument(
         "--paper-threshold",
         type=_number_in(0, 1, closed=False),
@@ -670,7 +675,10 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "--cosine-threshold", type=_number_in(-1, 1), default=COSINE_THRESHOLD, help="cosine rule: threshold"
     )
     p.add_argument(
-        "--quantile", type=_number_in(0, 1, closed=False), default=QUANTILE, help="quantile rule: q"
+        "--quantile",
+        type=_number_in(0, 1, closed=False),
+        default=None,
+        help=f"calibrated rules' q (default {QUANTILE:g}; within-proposer {WITHIN_PROPOSER_QUANTILE:g})",
     )
     p.add_argument(
         "--calib-size",

@@ -10,6 +10,15 @@ once, pairs scored in one gather). Decision rules (``--rule``):
   candidate's cosines over reference ECGs whose reports do **not** propose it (up to ``--calib-size`` ECGs
   of the shard set). A feature the model scores high on every ECG is kept only where it scores higher still,
   and a phrase the text tower reads poorly (low cosines everywhere) can still be kept where it stands out.
+* ``within-proposer``: the same with the reference ECGs whose reports **do** propose the candidate: keep if the
+  cosine's rank among them is in the top ``1 - q`` (default q 0.5, the better-supported half). A candidate
+  proposed for many ECGs is kept where the ECG supports it most relative to the others it was proposed for.
+* ``lead-ensemble``: the quantile rule on the evaluation's ENS score (the maximum cosine over the candidate's
+  ``"<phrase> in lead <x>"`` prompts and the phrase itself, :func:`fgclep_plugin.model.zeroshot.ens_prompts`).
+* ``centred``: the quantile rule on the cosine minus the ECG's mean cosine over :data:`VOCABULARY` (every phrase
+  of the knowledge base). An ECG close to all feature text is not credited with each one. A fixed vocabulary
+  (not the batch's candidates) makes the offset a function of the ECG alone: the same for a reference ECG and
+  the ECG it is, whatever shard, batch or process it is decided in.
 
 The audit compares kept interval features (slow / fast rate, long PR, wide QRS, long QT, axis deviation) with
 the intervals a sample carries (synthetic ground truth; MIMIC-IV-ECG machine measurements), and on synthetic
@@ -26,14 +35,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, pair_cosines, pair_probability
+from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, pair_cosines, pair_probability, similarity
+from ..model.zeroshot import ens_prompts, ens_scores
 from . import knowledge
 
-RULES = ("quantile", "cosine", "paper", "oracle")  # oracle: ground truth (augment/oracle.py)
+# Calibrated rules: keep a pair if its score exceeds the candidate's threshold, the q quantile of that score
+# over the reference ECGs whose reports do not propose the candidate ("others") or do ("proposers").
+CALIBRATED: dict[str, tuple[str, str]] = {  # rule -> (score, reference ECGs)
+    "quantile": ("cos", "others"),
+    "within-proposer": ("cos", "proposers"),
+    "lead-ensemble": ("ens", "others"),
+    "centred": ("centred", "others"),
+}
+EXTRA_SCORES = ("ens", "centred")  # scores besides the cosine, stored per candidate for the summary
+RULES = (*CALIBRATED, "cosine", "paper", "oracle")  # oracle: ground truth (augment/oracle.py)
 DEFAULT_RULE = "quantile"
 PAPER_THRESHOLD = 0.95
 COSINE_THRESHOLD = 0.3
 QUANTILE = 0.9
+WITHIN_PROPOSER_QUANTILE = 0.5  # no per-feature base rate is known: split the proposers at the median
+VOCABULARY = tuple(knowledge.PHRASE_TO_FEATURE)  # the centring reference: every knowledge-base phrase
 CALIB_SIZE = 2000
 MIN_REFERENCE = 20  # fewer reference ECGs than this: the candidate's threshold uses every reference ECG
 
@@ -45,11 +66,13 @@ class RuleConfig:
     rule: str = DEFAULT_RULE
     paper_threshold: float = PAPER_THRESHOLD
     cosine_threshold: float = COSINE_THRESHOLD
-    quantile: float = QUANTILE
+    quantile: float | None = None  # None: the rule's default (QUANTILE; within-proposer 0.5)
 
     def __post_init__(self):
         if self.rule not in RULES:
             raise ValueError(f"unknown decision rule {self.rule!r}; expected one of {RULES}")
+        if self.quantile is None:
+            self.quantile = WITHIN_PROPOSER_QUANTILE if self.rule == "within-proposer" else QUANTILE
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"--quantile must be in (0, 1), got {self.quantile}")
 
@@ -61,18 +84,33 @@ class RuleConfig:
             return f"cosine>{self.cosine_threshold:g}"
         if self.rule == "oracle":
             return "oracle (ground truth)"
-        return f"quantile q={self.quantile:g}"
+        return f"{self.rule} q={self.quantile:g}"
+
+    @property
+    def score(self) -> str:
+        """The pair score the rule compares: ``cos``, ``ens`` or ``centred``."""
+        return CALIBRATED.get(self.rule, ("cos",))[0]
+
+    def threshold_key(self) -> str:
+        """Key of the rule's threshold in a candidate's stored ``thresholds``."""
+        return threshold_key(self.rule, self.quantile)
+
+
+def threshold_key(rule: str, q: float) -> str:
+    """``"0.9"`` for the quantile rule (as stored before the other calibrated rules), ``"centred 0.9"``."""
+    return f"{q:g}" if rule == "quantile" else f"{rule} {q:g}"
 
 
 def decide(
-    cos: np.ndarray,
+    score: np.ndarray,
     prob: np.ndarray,
     threshold: np.ndarray | None,
     cfg: RuleConfig,
     truth: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep (bool) per pair under ``cfg``; ``threshold`` is each pair's calibrated cosine threshold, ``truth``
-    whether each pair's feature is present (the oracle rule keeps exactly those)."""
+    """Keep (bool) per pair under ``cfg``; ``score`` is each pair's ``cfg.score`` (the cosine but for
+    lead-ensemble and centred), ``threshold`` its calibrated threshold, ``truth`` whether each pair's feature
+    is present (the oracle rule keeps exactly those)."""
     if cfg.rule == "oracle":
         if truth is None:
             raise ValueError("the oracle rule needs the ground truth of every candidate")
@@ -80,11 +118,25 @@ def decide(
     if cfg.rule == "paper":
         return np.asarray(prob) > cfg.paper_threshold
     if cfg.rule == "cosine":
-        return np.asarray(cos) > cfg.cosine_threshold
+        return np.asarray(score) > cfg.cosine_threshold
     if threshold is None:
-        raise ValueError("the quantile rule needs calibrated thresholds")
+        raise ValueError(f"the {cfg.rule} rule needs calibrated thresholds")
     thr = np.asarray(threshold, dtype=np.float64)
-    return np.asarray(cos) > np.where(np.isnan(thr), np.inf, thr)
+    return np.asarray(score) > np.where(np.isnan(thr), np.inf, thr)
+
+
+def stored_decisions(rows: Sequence[dict[str, Any]], cfg: RuleConfig) -> list[bool]:
+    """``cfg``'s decisions recomputed from a rewritten sample's candidate rows (``stage2.candidates``: ``cos``,
+    ``prob``, ``scores``, ``thresholds``); the oracle's are the stored ones, decided from the truth."""
+    if cfg.rule == "oracle":
+        return [bool(r["kept"]) for r in rows]
+    score = [r["cos"] if cfg.score == "cos" else (r.get("scores") or {}).get(cfg.score, np.nan) for r in rows]
+    prob = [r["prob"] for r in rows]
+    thr = [(r.get("thresholds") or {}).get(cfg.threshold_key(), np.nan) for r in rows]
+    return [
+        bool(k)
+        for k in decide(np.asarray(score, float), np.asarray(prob, float), np.asarray(thr, float), cfg)
+    ]
 
 
 class TextTable:
@@ -116,6 +168,23 @@ def ecg_embeddings(lm: LoadedModel, xs: Sequence[torch.Tensor], batch_size: int 
     return embed_ecgs(lm.model, chunks, device=lm.device)
 
 
+def score_matrix(ecg_emb: torch.Tensor, texts: TextTable, cands: Sequence[str], score: str) -> torch.Tensor:
+    """``[N, M]`` score of every ECG against every candidate text: ``cos``, ``ens`` (the evaluation's ENS: the
+    maximum cosine over the candidate's lead prompts) or ``centred`` (the cosine minus the ECG's mean cosine
+    over :data:`VOCABULARY`)."""
+    if score == "ens":
+        rows = texts.rows([p for c in cands for p in ens_prompts(c)])  # [M * 13], candidate-major
+        return ens_scores(ecg_emb, texts.emb[rows])[1]
+    rows = texts.rows(cands)
+    cos = similarity(ecg_emb, texts.emb[rows])
+    if score == "centred":
+        vocab = texts.rows(VOCABULARY)
+        return cos - similarity(ecg_emb, texts.emb[vocab]).mean(dim=1, keepdim=True)
+    if score != "cos":
+        raise ValueError(f"unknown score {score!r}")
+    return cos
+
+
 @dataclass
 class PairScores:
     """Scores of the pairs of one batch of ECGs: flat arrays over (ECG, candidate) pairs."""
@@ -124,21 +193,33 @@ class PairScores:
     text_rows: np.ndarray
     cos: np.ndarray
     prob: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # score name -> per pair (EXTRA_SCORES)
+
+    def of(self, score: str) -> np.ndarray:
+        """The pairs' ``score`` (``cos`` or one of ``extra``)."""
+        return self.cos if score == "cos" else self.extra[score]
 
 
 def score_pairs(
-    lm: LoadedModel, ecg_emb: torch.Tensor, candidates: Sequence[Sequence[str]], texts: TextTable
+    lm: LoadedModel,
+    ecg_emb: torch.Tensor,
+    candidates: Sequence[Sequence[str]],
+    texts: TextTable,
+    extra: Sequence[str] = (),
 ) -> PairScores:
-    """Cosine and probability of every (ECG i, candidate of i) pair, in one gather."""
+    """Cosine, probability and the ``extra`` scores of every (ECG i, candidate of i) pair, in one gather."""
     ecg_index = [i for i, cands in enumerate(candidates) for _ in cands]
     flat = [c for cands in candidates for c in cands]
     rows = texts.rows(flat)
     if not flat:
         empty = np.zeros(0)
-        return PairScores(empty.astype(int), empty.astype(int), empty, empty)
+        return PairScores(empty.astype(int), empty.astype(int), empty, empty, {s: empty for s in extra})
     cos = pair_cosines(ecg_emb, texts.emb, ecg_index, rows)
     prob = pair_probability(cos, lm.logit_scale, lm.logit_bias)
-    return PairScores(np.asarray(ecg_index), np.asarray(rows), cos.numpy(), prob.numpy())
+    distinct = {c: j for j, c in enumerate(dict.fromkeys(flat))}  # text -> column of the score matrices
+    col = [distinct[c] for c in flat]
+    more = {s: score_matrix(ecg_emb, texts, list(distinct), s)[ecg_index, col].numpy() for s in extra}
+    return PairScores(np.asarray(ecg_index), np.asarray(rows), cos.numpy(), prob.numpy(), more)
 
 
 def calibrate(
@@ -148,21 +229,24 @@ def calibrate(
     candidate_texts: Sequence[str],
     qs: Sequence[float],
     min_reference: int = MIN_REFERENCE,
-) -> dict[str, dict[float, float]]:
-    """Per-candidate cosine thresholds: for each ``q`` in ``qs`` the ``q`` quantile of the candidate's cosines
-    over the reference ECGs whose own candidate list does not contain it (all reference ECGs if fewer than
-    ``min_reference`` qualify)."""
+) -> dict[str, dict[str, float]]:
+    """Per-candidate thresholds of every calibrated rule (:data:`CALIBRATED`) at every ``q`` in ``qs``, keyed
+    by :func:`threshold_key`: the ``q`` quantile of the rule's score over its reference ECGs, those whose own
+    candidate list does not (``others``) or does (``proposers``) contain the candidate; all reference ECGs if
+    fewer than ``min_reference`` qualify."""
     cand = list(dict.fromkeys(candidate_texts))
     if not cand or ecg_emb.numel() == 0:
         return {}
-    rows = texts.rows(cand)
-    sim = (ecg_emb @ texts.emb[torch.as_tensor(rows)].T).numpy()  # [N_ref, M]
-    sets = [set(p) for p in proposed]
-    out = {}
-    for j, c in enumerate(cand):
-        ref = np.array([c not in s for s in sets])
-        values = sim[ref, j] if ref.sum() >= min_reference else sim[:, j]
-        out[c] = {float(q): float(np.quantile(values, q)) for q in qs}
+    proposes = np.array([[c in set(p) for c in cand] for p in proposed], dtype=bool)  # [N_ref, M]
+    needed = dict.fromkeys(score for score, _ in CALIBRATED.values())
+    scores = {s: score_matrix(ecg_emb, texts, cand, s).numpy() for s in needed}  # score -> [N_ref, M]
+    out: dict[str, dict[str, float]] = {c: {} for c in cand}
+    for rule, (score, reference) in CALIBRATED.items():
+        for j, c in enumerate(cand):
+            ref = proposes[:, j] if reference == "proposers" else ~proposes[:, j]
+            values = scores[score][ref, j] if ref.sum() >= min_reference else scores[score][:, j]
+            for q in qs:
+                out[c][threshold_key(rule, q)] = float(np.quantile(values, q))
     return out
 
 
