@@ -1,25 +1,28 @@
 """Candidate generators: the vLLM offline engine, an OpenAI-compatible server, transformers, the knowledge base.
 
 Every backend answers a batch of normalised reports with raw answer texts (``complete``), ``None`` for a
-request that failed twice (a structured-output grammar abort, vLLM issue 18783, or a server error: counted in
-``failures``, retried once, never raised). :meth:`Backend.propose` parses them into feature lists. Heavy
-libraries (vllm, transformers) are imported only when their backend is built.
+request whose retries failed too (a structured-output grammar abort, vLLM issue 18783, or a server error:
+counted in ``failures``, retried once, or with backoff by the OpenAI backend, never raised).
+:meth:`Backend.propose` parses them into feature lists. Heavy libraries (vllm, transformers, httpx2) are
+imported only when their backend is built.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import urllib.error
-import urllib.request
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .openai_http import JsonClient, RequestFailed, backoff
 from .text import MAX_FEATURE_CHARS, MAX_FEATURES, answer_schema, build_messages, parse_answer
 
 BACKENDS = ("kb", "vllm", "openai", "transformers")
+RETRY_WARNINGS = 20  # openai: retries named one by one; later ones are silent
 
 
 class Backend:
@@ -33,8 +36,8 @@ class Backend:
         self.model = model
         self.max_features, self.max_chars = max_features, max_chars
         self.schema = answer_schema(max_features, max_chars)
-        self.failures = 0  # first attempts that failed (each retried once)
-        self.failed = 0  # reports whose retry failed too
+        self.failures = 0  # first attempts that failed (each retried)
+        self.failed = 0  # reports whose retries failed too
         self.errors: dict[str, str] = {}  # report -> why its last request failed (where the backend knows)
 
     def _attempt(self, reports: Sequence[str]) -> list[str | None]:
@@ -139,68 +142,59 @@ class VllmBackend(Backend):
 
 class OpenAIBackend(Backend):
     """An OpenAI-compatible chat server (``vllm serve``), structured output via ``response_format`` json_schema
-    (or vLLM's ``structured_outputs`` field); concurrent requests, standard library HTTP only."""
+    (or vLLM's ``structured_outputs`` field); ``concurrency`` requests in flight (threads, one httpx2 pool).
+
+    A transient failure (HTTP 408 / 429 / 5xx, no connection) is retried up to ``max_retries`` times after a
+    wait: the server's Retry-After, else exponential backoff with jitter (``backoff_base`` * 2**retry, at most
+    ``max_wait`` seconds); any other failure (a 4xx, a reply that is no chat completion) is retried once, at
+    once. Each retry and each final failure is a warning naming the report and the server's error.
+    """
 
     name = "openai"
+    sleep = staticmethod(time.sleep)  # the wait between tries (tests record it instead)
 
     def __init__(
         self,
         model: str | None,
         base_url: str,
         max_tokens: int = 256,
-        concurrency: int = 16,
+        concurrency: int = 4,
         timeout: float = 600.0,
         structured: str = "response_format",
         api_key: str | None = None,
+        max_retries: int = 4,
+        backoff_base: float = 1.0,
+        max_wait: float = 60.0,
         **kw: Any,
     ):
-        self.base_url = base_url.rstrip("/")
-        if not self.base_url.endswith("/v1"):
-            self.base_url += "/v1"
-        self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
-        self.timeout = timeout
-        if not model:
-            models = self._request("GET", "/models", None, timeout=30).get("data") or []
-            if not models:
-                raise RuntimeError(f"{self.base_url}/models lists no model; pass --model")
-            model = models[0]["id"]
-        super().__init__(model, **kw)
-        self.max_tokens, self.concurrency, self.structured = max_tokens, concurrency, structured
         if structured not in ("response_format", "structured_outputs", "none"):
             raise ValueError(
                 f"structured must be response_format, structured_outputs or none, got {structured!r}"
             )
+        if concurrency < 1 or max_retries < 0:
+            raise ValueError(f"need concurrency >= 1 and max_retries >= 0, got {concurrency}, {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.client = JsonClient(self.base_url, key, timeout, concurrency)
+        try:
+            model = model or self._served_model()
+        except RuntimeError:
+            self.client.close()
+            raise
+        super().__init__(model, **kw)
+        self.max_tokens, self.concurrency, self.structured = max_tokens, concurrency, structured
+        self.max_retries, self.backoff_base, self.max_wait = max_retries, backoff_base, max_wait
+        self._notices = itertools.count()  # retry warnings given (the first RETRY_WARNINGS are shown)
 
-    def _request(self, method: str, path: str, body: dict | None, timeout: float | None = None) -> dict:
-        req = urllib.request.Request(
-            self.base_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={
-                "Content-Type": "application/json",
-                **({"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}),
-            },
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            detail = e.read()[:300].decode("utf-8", "replace")
-            raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as e:
-            raise RuntimeError(f"cannot reach the server at {self.base_url}{path}: {e}") from None
-        try:
-            reply = json.loads(body.decode("utf-8"))
-        except (ValueError, RecursionError) as e:  # HTML, bad UTF-8, 5000-digit numbers, deep nesting
-            start = body[:60].decode("utf-8", "replace")
-            raise RuntimeError(
-                f"{self.base_url}{path}: the reply is not JSON ({type(e).__name__}; starts {start!r})"
-            ) from None
-        if not isinstance(reply, dict):  # a bad reply is a failed request (RuntimeError), not a caller's bug
-            raise RuntimeError(  # noqa: TRY004
-                f"{self.base_url}{path}: the reply is a JSON {type(reply).__name__}, not an object"
-            )
-        return reply
+    def _served_model(self) -> str:
+        """The first model the server lists (one try: a wrong URL is told at once)."""
+        data = self.client.request("GET", "/models", timeout=30).get("data")
+        ids = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
+        if not ids or not isinstance(ids[0], str):
+            raise RuntimeError(f"{self.base_url}/models lists no model; pass --model")
+        return ids[0]
 
     def body(self, report: str) -> dict:
         """The chat-completions request for one report."""
@@ -219,30 +213,64 @@ class OpenAIBackend(Backend):
             body["structured_outputs"] = {"json": self.schema}
         return body
 
-    def _one(self, report: str) -> str | None:
-        """The answer text for one report, or None (a warning naming the report and the reason) when the
-        request fails or the reply is not a chat completion with a string answer."""
-        try:
-            reply = self._request("POST", "/chat/completions", self.body(report))
-            choices = reply.get("choices")
-            choice = choices[0] if isinstance(choices, list) and choices else None
-            if not isinstance(choice, dict):
-                raise RuntimeError("the reply has no 'choices' list of objects")  # noqa: TRY004
-            if choice.get("finish_reason") in ("error", "abort"):
-                raise RuntimeError(f"the server aborted the answer (finish_reason {choice['finish_reason']})")
-            message = choice.get("message")
-            content = message.get("content") if isinstance(message, dict) else None
-            if content is not None and not isinstance(content, str):
-                raise RuntimeError(f"the answer's content is a JSON {type(content).__name__}, not a string")
-        except RuntimeError as e:
-            self.errors[report] = str(e)[:300]
-            warnings.warn(f"openai request for report {report!r:.80} failed: {e}", stacklevel=2)
-            return None
+    def _ask(self, report: str) -> str:
+        """One try: the answer text, or RequestFailed when the reply is not a chat completion with a string
+        answer."""
+        reply = self.client.request("POST", "/chat/completions", self.body(report))
+        choices = reply.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        if not isinstance(choice, dict):
+            raise RequestFailed("the reply has no 'choices' list of objects")
+        if choice.get("finish_reason") in ("error", "abort"):
+            raise RequestFailed(f"the server aborted the answer (finish_reason {choice['finish_reason']})")
+        message = choice.get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise RequestFailed(f"the answer's content is a JSON {type(content).__name__}, not a string")
         return content or ""
 
-    def _attempt(self, reports: Sequence[str]) -> list[str | None]:
-        with ThreadPoolExecutor(max(1, min(self.concurrency, len(reports)))) as pool:
-            return list(pool.map(self._one, reports))
+    def _one(self, report: str) -> tuple[str | None, int]:
+        """(answer text or None, failed tries) for one report, retried as the class docstring says."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return self._ask(report), tries - 1
+            except RequestFailed as e:
+                limit = self.max_retries if e.transient else min(1, self.max_retries)
+                if tries > limit:
+                    self.errors[report] = str(e)[:300]
+                    warnings.warn(
+                        f"openai request for report {report!r:.80} failed ({tries} tries): {e}", stacklevel=2
+                    )
+                    return None, tries
+                wait = (
+                    backoff(tries - 1, e.retry_after, self.backoff_base, self.max_wait) if e.transient else 0
+                )
+                self._notice(
+                    f"openai request for report {report!r:.80} failed: {e}; retry {tries} of {limit}", wait
+                )
+                self.sleep(wait)
+
+    def _notice(self, message: str, wait: float) -> None:
+        """Warn of a retry (the first :data:`RETRY_WARNINGS` of this backend; later ones are silent)."""
+        n = next(self._notices)
+        if n <= RETRY_WARNINGS:
+            last = " (further retries are not named)" if n == RETRY_WARNINGS else ""
+            warnings.warn(f"{message} in {wait:.1f} s{last}", stacklevel=3)
+
+    def complete(self, reports: Sequence[str]) -> list[str | None]:
+        """Answer texts of ``reports`` in order, ``concurrency`` at a time; None where every try failed."""
+        if not reports:
+            return []
+        with ThreadPoolExecutor(min(self.concurrency, len(reports))) as pool:
+            results = list(pool.map(self._one, reports))
+        self.failures += sum(failed > 0 for _, failed in results)
+        self.failed += sum(text is None for text, _ in results)
+        return [text for text, _ in results]
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class TransformersBackend(Backend):

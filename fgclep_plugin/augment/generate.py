@@ -281,7 +281,12 @@ def add_cli(sub: argparse._SubParsersAction, formatter: type | None = None) -> N
     e.add_argument("--max-num-seqs", type=int, default=None, help="sequences per engine step")
     o = p.add_argument_group("openai-compatible server")
     o.add_argument("--base-url", default=None, help="server URL, e.g. http://127.0.0.1:8000/v1")
-    o.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    o.add_argument(
+        "--concurrency",
+        type=int,
+        default=4,
+        help="requests in flight at once (429 / 5xx / connection errors are retried with backoff)",
+    )
     o.add_argument(
         "--structured-output",
         choices=["response_format", "structured_outputs", "none"],
