@@ -301,6 +301,7 @@ def test_openai_backend_request_and_retry():
     thread.start()
     try:
         backend = OpenAIBackend(None, f"http://127.0.0.1:{server.server_port}", concurrency=1, max_features=3)
+        backend.sleep = lambda seconds: None  # the backoff before the retry (tests/test_backend_openai.py)
         assert backend.model == "served-model"
         with pytest.warns(UserWarning, match="HTTP 500"):
             assert backend.propose(["atrial fibrillation.", "left bundle branch block."]) == [
