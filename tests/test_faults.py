@@ -110,22 +110,6 @@ def test_duplicate_key_in_one_shard_is_kept_apart(tmp_path):
 MODEL = "FGCLEP-Tiny"
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    """A fixed FGCLEP-Tiny state dict: every augment run of this file validates with the same weights."""
-    import torch
-
-    from fgclep_plugin.model.scoring import load_model
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = load_model(MODEL)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(lm.model.state_dict(), path)
-    return str(path)
-
-
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``fgclep ARGV`` run in this process; warnings are part of stderr."""
     from fgclep_plugin.cli import main
@@ -362,10 +346,14 @@ class _LlmServer:
 
 
 @pytest.mark.parametrize("mode", sorted(HOSTILE_REPLIES))
-def test_hostile_llm_answer_is_a_recorded_failure_and_the_run_goes_on(capsys, tmp_path, shard5, mode):
+def test_hostile_llm_answer_is_a_recorded_failure_and_the_run_goes_on(
+    capsys, tmp_path, shard5, mode, monkeypatch
+):
+    from fgclep_plugin.augment.backends import OpenAIBackend
     from fgclep_plugin.augment.cache import load_entries
     from fgclep_plugin.augment.text import PROMPT_VERSION, report_key
 
+    monkeypatch.setattr(OpenAIBackend, "sleep", staticmethod(lambda seconds: None))  # no real backoff waits
     reports = _reports(shard5)
     victim = reports[0]
     server = _LlmServer(victim, mode)
@@ -664,31 +652,44 @@ def _fgclep_cmd(*argv: str) -> list[str]:
     return [sys.executable, "-m", "fgclep_plugin.cli", *argv]
 
 
-def _kill_then_rerun(cmd: list[str], started, seed: int, timeout: float = 300) -> None:
-    """Start ``cmd``, wait until ``started()`` (its first output exists), wait a random 0-0.6 s more, SIGKILL its
-    process group, then run ``cmd`` again to the end."""
+def _reference_then_kill_and_rerun(
+    cmd, tmp_path: Path, started, seed: int, timeout: float = 300
+) -> tuple[Path, Path]:
+    """Run ``cmd(tmp_path / "ref")`` to the end (the reference); then start ``cmd(killed)`` with ``killed =
+    tmp_path / "killed"``, wait until ``started(killed)`` (its first output exists), wait a random 0-0.6 s more,
+    SIGKILL its process group, and run ``cmd(killed)`` again to the end. Returns (ref, killed)."""
     import os
     import random
     import signal
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(cmd(ref), check=True, capture_output=True, timeout=timeout)
+    proc = subprocess.Popen(
+        cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + timeout
-    while not started() and proc.poll() is None and time.time() < deadline:
+    while not started(killed) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     time.sleep(random.Random(seed).uniform(0.0, 0.6))
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    r = subprocess.run(cmd(killed), capture_output=True, text=True, timeout=timeout, check=False)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    return ref, killed
+
+
+def _same_shards(ref: Path, out: Path, count: int) -> None:
+    """``out`` holds the same ``count`` shards as ``ref``, byte for byte, and no temporary file is left."""
+    digests = _digests(ref)
+    assert len(digests) == count and _digests(out) == digests
+    assert not list(out.glob(".*.tmp-*"))
 
 
 @pytest.mark.slow  # two fgclep shards runs and a killed one (~80 s on 2 loaded cores)
 def test_kill_shards_then_rerun_gives_the_same_bytes(tmp_path):
-    import subprocess
-
     root = ROOT.parent / "shared" / "data" / "ludb"
 
     def cmd(out: Path) -> list[str]:
@@ -697,13 +698,13 @@ def test_kill_shards_then_rerun_gives_the_same_bytes(tmp_path):
             "--limit", "24", "--quiet",
         )  # fmt: skip
 
-    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
-    out = tmp_path / "killed"
-    _kill_then_rerun(cmd(out), lambda: any(out.glob(".l-*.tmp-*")) or any(out.glob("l-*.tar")), seed=1)
-    ref = _digests(tmp_path / "ref")
-    assert len(ref) == 6 and _digests(out) == ref
-    assert (out / "sizes.json").read_bytes() == (tmp_path / "ref" / "sizes.json").read_bytes()
-    assert not list(out.glob(".*.tmp-*")) and not list(out.glob(".fgclep-state/.*.tmp-*"))
+    def started(out: Path) -> bool:
+        return any(out.glob(".l-*.tmp-*")) or any(out.glob("l-*.tar"))
+
+    ref, out = _reference_then_kill_and_rerun(cmd, tmp_path, started, seed=1)
+    _same_shards(ref, out, 6)
+    assert (out / "sizes.json").read_bytes() == (ref / "sizes.json").read_bytes()
+    assert not list(out.glob(".fgclep-state/.*.tmp-*"))
 
 
 def test_shards_removes_partial_files_of_a_killed_run(capsys, tmp_path):
@@ -733,8 +734,6 @@ def test_shards_removes_partial_files_of_a_killed_run(capsys, tmp_path):
 
 @pytest.mark.slow  # three features generate processes (~55 s on 2 loaded cores)
 def test_kill_features_generate_then_rerun_gives_the_same_answers(tmp_path):
-    import subprocess
-
     data = str(ROOT / "shards" / "ludb" / "ludb-{train-000000,train-000001,train-000002,test-000000}.tar")
 
     def cmd(cache: Path) -> list[str]:
@@ -743,18 +742,18 @@ def test_kill_features_generate_then_rerun_gives_the_same_answers(tmp_path):
             "--quiet",
         )  # fmt: skip
 
-    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
-    cache = tmp_path / "killed"
-    _kill_then_rerun(cmd(cache), lambda: any(p.stat().st_size for p in cache.glob("part-*.jsonl")), seed=2)
-    lines = {p.name: sorted(p.read_bytes().splitlines()) for p in sorted(cache.glob("*.jsonl"))}
-    ref = {p.name: sorted(p.read_bytes().splitlines()) for p in sorted((tmp_path / "ref").glob("*.jsonl"))}
-    assert lines == ref  # every answer once, none lost, none repeated (order aside)
+    def started(cache: Path) -> bool:
+        return any(p.stat().st_size for p in cache.glob("part-*.jsonl"))
+
+    def answers(cache: Path) -> dict[str, list[bytes]]:
+        return {p.name: sorted(p.read_bytes().splitlines()) for p in sorted(cache.glob("*.jsonl"))}
+
+    ref, cache = _reference_then_kill_and_rerun(cmd, tmp_path, started, seed=2)
+    assert answers(cache) == answers(ref)  # every answer once, none lost, none repeated (order aside)
 
 
 @pytest.mark.slow  # three augment processes: ~50 s on 2 loaded cores
 def test_kill_augment_then_rerun_gives_the_same_bytes(tmp_path, ckpt):
-    import subprocess
-
     shards = [tmp_path / "in" / f"s-{k:06d}.tar" for k in range(3)]
     members = _members(samples=12)
     for k, path in enumerate(shards):
@@ -767,17 +766,15 @@ def test_kill_augment_then_rerun_gives_the_same_bytes(tmp_path, ckpt):
             "--model", MODEL, "--checkpoint", ckpt, "--calib-size", "6", "--quiet",
         )  # fmt: skip
 
-    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=300)
-    out = tmp_path / "killed"
-    _kill_then_rerun(cmd(out), lambda: any(out.glob("a-*.tar")) or any(out.glob(".a-*.tmp-*")), seed=3)
-    ref = _digests(tmp_path / "ref")
-    assert len(ref) == 3 and _digests(out) == ref
-    assert not list(out.glob(".*.tmp-*"))
+    def started(out: Path) -> bool:
+        return any(out.glob("a-*.tar")) or any(out.glob(".a-*.tmp-*"))
+
+    ref, out = _reference_then_kill_and_rerun(cmd, tmp_path, started, seed=3)
+    _same_shards(ref, out, 3)
 
 
 @pytest.mark.slow  # two short training runs and a resumed one (~2 min on 2 loaded cores)
 def test_kill_training_then_resume_latest_gives_the_same_weights(tmp_path):
-    import subprocess
     import sys
 
     import torch
@@ -789,12 +786,11 @@ def test_kill_training_then_resume_latest_gives_the_same_weights(tmp_path):
             "--epochs", "3", "--train-num-samples", "16", "--save-frequency", "1", "--ecg-deterministic-data",
         ]  # fmt: skip
 
-    subprocess.run(cmd(tmp_path / "ref"), check=True, capture_output=True, timeout=900)
-    logs = tmp_path / "killed"
-    _kill_then_rerun(
-        cmd(logs), lambda: (logs / "run" / "checkpoints" / "epoch_1.pt").exists(), seed=4, timeout=900
-    )
-    ref = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
+    def started(logs: Path) -> bool:
+        return (logs / "run" / "checkpoints" / "epoch_1.pt").exists()
+
+    ref_logs, logs = _reference_then_kill_and_rerun(cmd, tmp_path, started, seed=4, timeout=900)
+    ref = torch.load(ref_logs / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
     got = torch.load(logs / "run" / "checkpoints" / "epoch_3.pt", weights_only=True)
     assert got["epoch"] == ref["epoch"] == 3
     assert all(torch.equal(got["state_dict"][k], v) for k, v in ref["state_dict"].items())

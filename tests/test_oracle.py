@@ -6,12 +6,10 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fgclep_plugin.augment import knowledge as kb
 from fgclep_plugin.augment.oracle import NoGroundTruth, derangement, perfect_features
@@ -29,19 +27,6 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("oracle")
     generate_corpus(root / "syn", {"test": 12}, seed=5, maxcount=6, p_mention=0.3)
     return root
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    from fgclep_plugin.model.scoring import load_model
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = load_model(MODEL)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(lm.model.state_dict(), path)
-    return str(path)
 
 
 def _urls(corpus: Path) -> str:
