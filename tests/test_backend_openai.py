@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from fgclep_plugin.augment.backends import OpenAIBackend
+from fgclep_plugin.augment.backends import SERVER_DOWN, OpenAIBackend
 from fgclep_plugin.augment.openai_http import ERROR_CHARS, backoff, retry_after, server_message
 
 
@@ -138,6 +138,20 @@ def test_connection_refused_is_a_recorded_failure_naming_the_report():
     )
     assert backend.errors["sinus bradycardia."].startswith("cannot reach the server at http://127.0.0.1:")
     assert backend.failures == backend.failed == 1
+
+
+def test_a_server_that_looks_down_is_not_waited_for_until_it_answers(server):
+    url, script = server
+    script.replies = [(503, {}, {"message": "down"})] * (3 * SERVER_DOWN + 1)  # 3 tries per report
+    waits: list[float] = []
+    backend = _backend(url, waits, concurrency=1, max_retries=2)
+    reports = [f"report {i}." for i in range(SERVER_DOWN + 2)]
+    with pytest.warns(UserWarning) as record:
+        out = backend.complete(reports)
+    assert out[:-1] == [None] * (SERVER_DOWN + 1) and out[-1] == json.dumps([reports[-1]])
+    assert len(waits) == 2 * SERVER_DOWN and script.requests == 3 * SERVER_DOWN + 2  # then one try each
+    assert sum("the server looks down" in str(w.message) for w in record) == 1
+    assert backend.lost_in_a_row == 0  # the answer closes the outage
 
 
 def test_server_error_is_named_with_status_and_message(server):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,6 +24,7 @@ from .text import MAX_FEATURE_CHARS, MAX_FEATURES, answer_schema, build_messages
 
 BACKENDS = ("kb", "vllm", "openai", "transformers")
 RETRY_WARNINGS = 20  # openai: retries named one by one; later ones are silent
+SERVER_DOWN = 8  # openai: after this many reports in a row lost to transient errors, no more waits
 
 
 class Backend:
@@ -147,7 +149,9 @@ class OpenAIBackend(Backend):
     A transient failure (HTTP 408 / 429 / 5xx, no connection) is retried up to ``max_retries`` times after a
     wait: the server's Retry-After, else exponential backoff with jitter (``backoff_base`` * 2**retry, at most
     ``max_wait`` seconds); any other failure (a 4xx, a reply that is no chat completion) is retried once, at
-    once. Each retry and each final failure is a warning naming the report and the server's error.
+    once. Each retry and each final failure is a warning naming the report and the server's error. Once
+    :data:`SERVER_DOWN` reports in a row are lost to transient errors the server is taken as down: later
+    reports get one try each (a dead server fails the run in seconds, not hours) until one is answered.
     """
 
     name = "openai"
@@ -187,6 +191,8 @@ class OpenAIBackend(Backend):
         self.max_tokens, self.concurrency, self.structured = max_tokens, concurrency, structured
         self.max_retries, self.backoff_base, self.max_wait = max_retries, backoff_base, max_wait
         self._notices = itertools.count()  # retry warnings given (the first RETRY_WARNINGS are shown)
+        self.lost_in_a_row = 0  # reports whose every try failed transiently, since the last answer
+        self._lock = threading.Lock()
 
     def _served_model(self) -> str:
         """The first model the server lists (one try: a wrong URL is told at once)."""
@@ -235,10 +241,14 @@ class OpenAIBackend(Backend):
         while True:
             tries += 1
             try:
-                return self._ask(report), tries - 1
+                answer = self._ask(report)
+                self.lost_in_a_row = 0
+                return answer, tries - 1
             except RequestFailed as e:
-                limit = self.max_retries if e.transient else min(1, self.max_retries)
+                down = self.lost_in_a_row >= SERVER_DOWN
+                limit = (0 if down else self.max_retries) if e.transient else min(1, self.max_retries)
                 if tries > limit:
+                    self._lost(e.transient)
                     self.errors[report] = str(e)[:300]
                     warnings.warn(
                         f"openai request for report {report!r:.80} failed ({tries} tries): {e}", stacklevel=2
@@ -251,6 +261,18 @@ class OpenAIBackend(Backend):
                     f"openai request for report {report!r:.80} failed: {e}; retry {tries} of {limit}", wait
                 )
                 self.sleep(wait)
+
+    def _lost(self, transient: bool) -> None:
+        """Count a report lost to a transient error; warn once when that makes the server look down."""
+        with self._lock:
+            self.lost_in_a_row = self.lost_in_a_row + 1 if transient else 0
+            now_down = self.lost_in_a_row == SERVER_DOWN
+        if now_down:
+            warnings.warn(
+                f"{self.base_url}: {SERVER_DOWN} reports in a row failed after every retry; the server looks "
+                "down: later reports get one try each until one is answered",
+                stacklevel=4,
+            )
 
     def _notice(self, message: str, wait: float) -> None:
         """Warn of a retry (the first :data:`RETRY_WARNINGS` of this backend; later ones are silent)."""
