@@ -251,7 +251,7 @@ class OpenAIBackend(Backend):
                     self._lost(e.transient)
                     self.errors[report] = str(e)[:300]
                     warnings.warn(
-                        f"openai request for report {report!r:.80} failed ({tries} tries): {e}", stacklevel=2
+                        f"openai request for report {report!r:.80} failed ({tries} tries): {e}", stacklevel=1
                     )
                     return None, tries
                 wait = (
@@ -271,7 +271,7 @@ class OpenAIBackend(Backend):
             warnings.warn(
                 f"{self.base_url}: {SERVER_DOWN} reports in a row failed after every retry; the server looks "
                 "down: later reports get one try each until one is answered",
-                stacklevel=4,
+                stacklevel=2,
             )
 
     def _notice(self, message: str, wait: float) -> None:
@@ -279,7 +279,7 @@ class OpenAIBackend(Backend):
         n = next(self._notices)
         if n <= RETRY_WARNINGS:
             last = " (further retries are not named)" if n == RETRY_WARNINGS else ""
-            warnings.warn(f"{message} in {wait:.1f} s{last}", stacklevel=3)
+            warnings.warn(f"{message} in {wait:.1f} s{last}", stacklevel=2)
 
     def complete(self, reports: Sequence[str]) -> list[str | None]:
         """Answer texts of ``reports`` in order, ``concurrency`` at a time; None where every try failed."""
