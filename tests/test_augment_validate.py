@@ -13,6 +13,7 @@ import tarfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,6 +24,8 @@ from fgclep_plugin.augment.cache import CandidateCache
 from fgclep_plugin.augment.rewrite import augmented_text, run_augment
 from fgclep_plugin.augment.text import PROMPT_VERSION, normalise_report, report_key
 from fgclep_plugin.augment.validate import (
+    RULES,
+    VOCABULARY,
     RuleConfig,
     TextTable,
     calibrate,
@@ -31,9 +34,11 @@ from fgclep_plugin.augment.validate import (
     interval_truth,
     measured_intervals,
     naive_decisions,
+    score_matrix,
     score_pairs,
 )
 from fgclep_plugin.ecgdata.reader import iter_raw, iter_samples
+from fgclep_plugin.evaluate.zeroshot import ens_prompts as evaluation_ens_prompts
 
 MODEL = "FGCLEP-Tiny"
 
@@ -143,6 +148,7 @@ def test_augment_rewrites_shards_and_resumes(corpus, ckpt, tmp_path):
             assert c["kept"] == (c["threshold"] is not None and c["cos"] > c["threshold"])
     rows = {r["rule"]: r for r in s["ground_truth"]}
     assert rows["all candidates"]["kept"] == rows["all candidates"]["pairs"] > 0
+    assert {"within-proposer q=0.5", "lead-ensemble q=0.9", "centred q=0.9"} <= set(rows)  # the new rules
     assert rows["paper p>0.95"]["kept"] == 0  # an untrained model is never that sure
     # a re-run: nothing rewritten, zero candidate calls
     t = tmp_path / "aug" / "a-000001.tar"
@@ -292,3 +298,163 @@ def test_killed_run_resumes_without_duplicates_or_losses(corpus, ckpt, tmp_path)
     src = [x["__key__"] for x in iter_raw(_urls(corpus))]
     assert keys == src and done.exists()
     assert not list(out_dir.glob(".*.tmp-*"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The calibrated rules on constructed embeddings (no model: a table of chosen text embeddings)
+# ---------------------------------------------------------------------------------------------------------
+class FixedTexts:
+    """A ``TextTable`` stand-in: ``fixed`` texts get their vector, any other a seeded random unit vector;
+    ``asked`` lists every text requested, in order."""
+
+    def __init__(self, dim: int, fixed: dict[str, torch.Tensor], seed: int = 0):
+        self.fixed, self.gen = fixed, torch.Generator().manual_seed(seed)
+        self.index: dict[str, int] = {}
+        self.emb = torch.zeros(0, dim)
+        self.asked: list[str] = []
+
+    def rows(self, texts):
+        self.asked += list(texts)
+        for t in texts:
+            if t not in self.index:
+                v = self.fixed.get(t, torch.randn(self.emb.shape[1], generator=self.gen))
+                self.emb = torch.cat([self.emb, torch.nn.functional.normalize(v, dim=0)[None]])
+                self.index[t] = len(self.index)
+        return [self.index[t] for t in texts]
+
+
+LM = SimpleNamespace(logit_scale=10.0, logit_bias=-5.0)  # score_pairs reads only these
+
+
+def _unit(dim: int, i: int) -> torch.Tensor:
+    return torch.eye(dim)[i]
+
+
+def _ecgs(coords: np.ndarray, dim: int, seed: int = 0) -> torch.Tensor:
+    """Unit ECG embeddings ``[N, dim]`` with the given first coordinates ``coords`` ``[N, k]``; the rest of each
+    vector is a random direction in the other dimensions."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.as_tensor(coords, dtype=torch.float32)
+    tail = torch.nn.functional.normalize(torch.randn(len(head), dim - head.shape[1], generator=g), dim=1)
+    return torch.cat([head, tail * (1 - (head**2).sum(1, keepdim=True)).sqrt()], dim=1)
+
+
+def test_within_proposer_keeps_the_better_half_of_each_candidates_proposers():
+    dim, c = 16, "wide qrs complex"
+    texts = FixedTexts(dim, {c: _unit(dim, 0)})
+    a_prop = np.random.default_rng(0).permutation(np.linspace(-0.4, 0.7, 24))  # cosines of c's 24 proposers
+    a_other = np.linspace(0.75, 0.95, 24)  # the ECGs not proposing c score higher still
+    emb = _ecgs(np.concatenate([a_prop, a_other])[:, None], dim)
+    proposed = [[c]] * 24 + [["prolonged pr interval"]] * 24
+    thr = calibrate(emb, proposed, texts, [c, "delta wave"], [0.5, 0.9])
+    sc = score_pairs(LM, emb[:24], [[c]] * 24, texts)
+    np.testing.assert_allclose(sc.cos, a_prop, atol=1e-6)
+    kept = decide(sc.cos, sc.prob, np.full(24, thr[c]["within-proposer 0.5"]), RuleConfig("within-proposer"))
+    # independently: the share of c's proposers scoring below each proposer (its rank quantile) is >= 0.5
+    rank_quantile = np.array([(a_prop < a).mean() for a in a_prop])
+    assert (
+        set(np.flatnonzero(kept)) == set(np.flatnonzero(rank_quantile >= 0.5)) == set(np.argsort(a_prop)[12:])
+    )
+    quantile = decide(sc.cos, sc.prob, np.full(24, thr[c]["0.9"]), RuleConfig("quantile"))
+    assert not quantile.any()  # against the ECGs not proposing it, no proposer stands out
+    # proposed by none (fewer than MIN_REFERENCE): ranked among every reference ECG
+    t2 = texts.emb[texts.rows(["delta wave"])[0]]
+    assert thr["delta wave"]["within-proposer 0.5"] == pytest.approx(
+        float(np.median((emb @ t2).numpy())), abs=1e-6
+    )
+
+
+def test_centring_rejects_an_ecg_close_to_every_feature_phrase():
+    dim, c = 64, VOCABULARY[0]
+    # the candidate along axis 0; every other vocabulary phrase mostly along a shared axis 1 ("feature text")
+    g = torch.Generator().manual_seed(3)
+    fixed = {v: 0.9 * _unit(dim, 1) + 0.436 * torch.nn.functional.normalize(
+        torch.cat([torch.zeros(2), torch.randn(dim - 2, generator=g)]), dim=0) for v in VOCABULARY}  # fmt: skip
+    fixed[c] = _unit(dim, 0)
+    texts = FixedTexts(dim, fixed)
+    rng = np.random.default_rng(1)
+    ref = np.stack([rng.permutation(np.linspace(-0.3, 0.3, 40)), rng.uniform(-0.2, 0.2, 40)], 1)
+    emb = _ecgs(np.concatenate([ref, [[0.5, 0.8], [0.6, 0.0]]]), dim)  # 40 reference ECGs, then A and B
+    proposed = [["prolonged pr interval"]] * 40
+    thr = calibrate(emb[:40], proposed, texts, [c], [0.9])[c]
+    sc = score_pairs(LM, emb[40:], [[c], [c]], texts, ["centred"])
+    # independently, in numpy: cosine minus the ECG's mean cosine over the vocabulary
+    e = emb.numpy()
+    vocab = texts.emb[[texts.index[v] for v in VOCABULARY]].numpy()
+    cos = e @ texts.emb[texts.index[c]].numpy()
+    centred = cos - (e @ vocab.T).mean(1)
+    np.testing.assert_allclose(sc.extra["centred"], centred[40:], atol=1e-5)
+    assert thr["centred 0.9"] == pytest.approx(float(np.quantile(centred[:40], 0.9)), abs=1e-5)
+    assert thr["0.9"] == pytest.approx(float(np.quantile(cos[:40], 0.9)), abs=1e-5)
+    raw = decide(sc.cos, sc.prob, np.full(2, thr["0.9"]), RuleConfig("quantile"))
+    cen = decide(sc.of("centred"), sc.prob, np.full(2, thr["centred 0.9"]), RuleConfig("centred"))
+    assert list(raw) == [True, True] and list(cen) == [False, True]  # A's high cosine is its closeness to all
+
+
+def test_lead_ensemble_scores_the_evaluations_ens_prompts():
+    dim, cands = 16, ["wide qrs complex", "delta wave"]
+    texts = FixedTexts(dim, {})
+    emb = _ecgs(np.zeros((30, 0)), dim, seed=4)
+    got = score_matrix(emb, texts, cands, "ens").numpy()
+    prompts = [evaluation_ens_prompts(c) for c in cands]
+    assert texts.asked == prompts[0] + prompts[1]  # the evaluation's ENS prompt list, in its order
+    assert prompts[0][0] == "wide qrs complex in lead I" and prompts[0][-1] == "wide qrs complex"
+    ens = np.stack([(emb @ texts.emb[texts.rows(p)].T).max(1).values.numpy() for p in prompts], 1)
+    np.testing.assert_allclose(got, ens, atol=1e-6)  # as ENS scores: the best prompt
+    proposed = [cands[:1] if i < 10 else cands[1:] for i in range(30)]
+    thr = calibrate(emb, proposed, texts, cands, [0.9])
+    assert thr[cands[0]]["lead-ensemble 0.9"] == pytest.approx(float(np.quantile(ens[10:, 0], 0.9)), abs=1e-6)
+    sc = score_pairs(LM, emb[:3], [cands[:1]] * 3, texts, ["ens"])
+    np.testing.assert_allclose(sc.of("ens"), ens[:3, 0], atol=1e-6)
+
+
+def _augment_args(*flags: str):
+    from fgclep_plugin.cli import build_parser
+
+    return build_parser().parse_args(
+        ["augment", "--data", "x.tar", "--out", "o-%06d.tar", "--cache", "c", "--checkpoint", "none", *flags]
+    )
+
+
+def test_cli_accepts_every_rule_and_refuses_others(capsys):
+    for rule in ("within-proposer", "lead-ensemble", "centred"):
+        assert rule in RULES
+        args = _augment_args("--rule", rule)
+        cfg = RuleConfig(args.rule, args.paper_threshold, args.cosine_threshold, args.quantile)
+        assert (cfg.rule, cfg.quantile) == (rule, 0.5 if rule == "within-proposer" else 0.9)
+    args = _augment_args("--rule", "within-proposer", "--quantile", "0.7")
+    assert RuleConfig(args.rule, quantile=args.quantile).describe() == "within-proposer q=0.7"
+    with pytest.raises(SystemExit) as e:
+        _augment_args("--rule", "within-proposers")
+    assert e.value.code == 2 and "invalid choice: 'within-proposers'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown decision rule"):
+        RuleConfig("centered")
+
+
+def test_study_arms_of_the_new_rules_parse_as_augment_flags():
+    from fgclep_plugin.study.arms import arm_flags, stage2_arms
+    from fgclep_plugin.study.grid import _command_parser
+
+    rules = ["quantile", "within-proposer", "lead-ensemble", "centred"]
+    arms = stage2_arms(rules)
+    assert arms[:4] == [f"validated-{r}" for r in rules]
+    for arm, rule in zip(arms, rules):
+        assert arm_flags(arm) == ["--rule", rule]
+        args = _command_parser().parse_args(["augment", "--data", "x", "--out", "o-%06d.tar", "--cache", "c",
+                                             "--checkpoint", "none", *arm_flags(arm)])  # fmt: skip
+        assert args.rule == rule
+    with pytest.raises(ValueError, match="unknown rule"):
+        stage2_arms(["quantile", "centered"])
+
+
+def test_augment_with_a_new_rule_keeps_by_its_stored_score(corpus, ckpt, tmp_path):
+    s = run_augment(_urls(corpus), str(tmp_path / "c" / "c-%06d.tar"), str(tmp_path / "cands"), MODEL, ckpt,
+                    RuleConfig("centred"), progress=False, log=None)  # fmt: skip
+    assert s["rule"] == "centred q=0.9"
+    rows = [c for x in iter_samples(str(tmp_path / "c" / "c-{000000..000002}.tar")) for c in x["meta"]["stage2"]["candidates"]]  # fmt: skip
+    assert rows and all(set(r["scores"]) == {"ens", "centred"} for r in rows)
+    for r in rows:
+        assert r["threshold"] == r["thresholds"]["centred 0.9"]
+        assert r["kept"] == (r["scores"]["centred"] > r["threshold"])
+    truth = {r["rule"]: r for r in s["ground_truth"]}
+    assert truth["centred q=0.9"]["kept"] <= sum(r["kept"] for r in rows)  # scored pairs: a subset

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import re
 
+from ..augment.validate import RULES
+
 CONTROL = "original"
 STAGE2_ARMS = ("unvalidated", "perfect-validation", "perfect-features", "wrong-features")
 TASKS = ("synth-feature", "synth-diagnosis")
@@ -38,7 +40,11 @@ def arm_flags(arm: str) -> list[str]:
 
 
 def stage2_arms(rules: list[str], only: list[str] | None = None) -> list[str]:
-    """The stage-2 arms: one validated arm per rule, then :data:`STAGE2_ARMS`; ``only`` keeps those named."""
+    """The stage-2 arms: one validated arm per rule, then :data:`STAGE2_ARMS`; ``only`` keeps those named.
+    An unknown rule is refused here, before any step runs."""
+    bad = [r for r in rules if r not in RULES]
+    if bad:
+        raise ValueError(f"unknown rule(s) {', '.join(bad)}; the rules are {', '.join(RULES)}")
     arms = [f"validated-{r}" for r in rules] + list(STAGE2_ARMS)
     if only is None:
         return arms
