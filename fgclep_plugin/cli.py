@@ -39,6 +39,7 @@ SUBCOMMAND_MODULES = (
     "fgclep_plugin.evaluate.figures",
     "fgclep_plugin.study.cli",
     "fgclep_plugin.deploy.classify",
+    "fgclep_plugin.deploy.export",
 )
 
 
