@@ -8,6 +8,7 @@ always was. Chained fsspec URLs (``simplecache::s3://...``) are not supported: `
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 from collections.abc import Iterator
@@ -42,6 +43,28 @@ def _missing_package(scheme: str, err: ImportError) -> str:
     return known_implementations.get(scheme, {}).get("class", f"an fsspec {scheme} filesystem").split(".")[0]
 
 
+class _RawStream(io.RawIOBase):
+    """An fsspec file as a raw stream, so :class:`io.BufferedReader` makes its ``read(n)`` return ``n`` bytes
+    unless the stream ends (an HTTP stream returns what has arrived)."""
+
+    def __init__(self, f: BinaryIO):
+        super().__init__()
+        self.f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        data = self.f.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.f.close()
+        super().close()
+
+
 def _open_remote(url: str) -> BinaryIO:
     """``url`` opened with fsspec; HTTP is streamed (no range requests: any server, one pass over the tar)."""
     import fsspec
@@ -58,7 +81,7 @@ def _open_remote(url: str) -> BinaryIO:
     except ValueError as e:  # fsspec: "Protocol not known"
         raise ValueError(f"cannot read {url}: no fsspec filesystem handles {scheme}:// URLs") from e
     streamed = {"block_size": 0} if "http" in fs.protocol else {}
-    return fs.open(path, "rb", **streamed)
+    return io.BufferedReader(_RawStream(fs.open(path, "rb", **streamed)), 1 << 20)
 
 
 @contextmanager
