@@ -92,7 +92,7 @@ def _assert_round_trip(ckpt: Path, out: Path, name: str) -> None:
     ecg_got, text_got = _embeddings(model, preprocess, tokenizer)
     torch.testing.assert_close(ecg_got, ecg_want, atol=1e-6, rtol=0)
     torch.testing.assert_close(text_got, text_want, atol=1e-6, rtol=0)
-    assert float(model.logit_bias) == pytest.approx(loaded.logit_bias)
+    assert float(model.logit_bias.detach()) == pytest.approx(loaded.logit_bias)
 
 
 def test_local_dir_round_trip_gives_the_checkpoints_embeddings(tiny):
@@ -226,3 +226,31 @@ def test_push_to_hub_without_huggingface_hub_writes_nothing(tmp_path, tiny, caps
     assert main(["export", str(ckpt), "--model", TINY, "--out", str(out), "--push-to-hub", "a/b"]) == 1
     assert "pip install huggingface_hub" in _error_line(capsys)
     assert not out.exists()
+
+
+def test_push_to_hub_uploads_the_folder_with_the_repository_as_text_tower(tmp_path, tiny, monkeypatch):
+    """What upload_folder receives (no upload: the hub calls are stand-ins): every file of the export, and
+    a config that names the repository (open_clip reads an hf-hub: tokenizer from hf_tokenizer_name)."""
+    import huggingface_hub
+
+    from fgclep_plugin.deploy.export import push_to_hub
+
+    _, out = tiny
+    seen = {}
+
+    def upload_folder(repo_id, folder_path, commit_message):
+        seen.update(repo=repo_id, files={p.name: p.read_bytes() for p in Path(folder_path).iterdir()})
+        return "https://huggingface.co/someone/fgclep-tiny/commit/0"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo, private, exist_ok: repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    assert push_to_hub(out, "someone/fgclep-tiny").endswith("/commit/0")
+    assert seen["repo"] == "someone/fgclep-tiny"
+    assert set(seen["files"]) == {p.name for p in out.iterdir()}
+    assert seen["files"][WEIGHTS_NAME] == (out / WEIGHTS_NAME).read_bytes()
+    config = json.loads(seen["files"][CONFIG_NAME])
+    assert config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == "someone/fgclep-tiny"
+    assert json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == str(
+        out
+    )
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
