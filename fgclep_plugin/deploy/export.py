@@ -345,17 +345,31 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+Write an open_clip training checkpoint as the folder open_clip's hub loader reads:
+open_clip_config.json (the model config, fully resolved), open_clip_model.safetensors, the text
+tower's tokenizer files (and config.json of a Hugging Face tower) and README.md, a model card with
+the training run's params.txt settings and measured results. After `import fgclep_plugin`,
+open_clip.create_model_and_transforms("local-dir:DIR") loads it offline. DIR is written whole
+or not at all; the config names DIR by absolute path (export again after moving it)."""
+
+EXAMPLES = """\
+examples:
+  fgclep export runs/demo/stage3-validated/checkpoints/epoch_2.pt --model FGCLEP-ResNet1d18-MiniLM \\
+      --out exports/fgclep-minilm --results runs/eval/results.json
+  fgclep export CKPT --model FGCLEP-ResNet1d18-MiniLM --out exports/fgclep-minilm --force \\
+      --push-to-hub someone/fgclep-minilm
+"""
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep export CHECKPOINT --model NAME --out DIR``."""
     p = add_command(
         sub,
         "export",
         "write a checkpoint as an open_clip hub folder (local-dir:DIR / hf-hub:REPO) with a model card",
-        "Write an open_clip training checkpoint as the folder open_clip's hub loader reads: "
-        "open_clip_config.json (the model config, resolved), open_clip_model.safetensors, the text tower's "
-        "tokenizer files and README.md (model card: the training run's params.txt and measured results). "
-        "After `import fgclep_plugin`, open_clip.create_model_and_transforms('local-dir:DIR') loads it "
-        "offline. DIR is written whole or not at all.",
+        DESCRIPTION,
+        epilog=EXAMPLES,
     )
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="open_clip checkpoint (epoch_N.pt) or state dict")
     p.add_argument(
@@ -367,7 +381,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "--results",
         default=None,
         metavar="FILE",
-        help="results.json of fgclep eval for the model card (default: one beside the checkpoint or in its run)",
+        help="results.json of fgclep eval for the model card; without it, one beside the checkpoint or in its "
+        "run folder is used for the rows that name this checkpoint",
     )
     p.add_argument(
         "--push-to-hub",
