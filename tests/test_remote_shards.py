@@ -31,15 +31,30 @@ SMALL = "small/s-{000000..000002}.tar"  # 3 shards of 4 LUDB samples (their own 
 AUGMENT_LOCAL_ONLY = pytest.mark.xfail(
     strict=True, reason="augment/rewrite.py: 'input shard not found' is an os.path.isfile check"
 )
-# evaluate.tasks.ludb_task joins the data folder with pathlib, which turns http:// into http:/ (other owner)
+# evaluate.tasks.ludb_task joins the data folder with pathlib (http:// becomes http:/), and
+# evaluate.zeroshot.shard_files os.stat()s every shard for the embedding memo (other owners)
 EVAL_LOCAL_ONLY = pytest.mark.xfail(
-    strict=True, reason="evaluate/tasks.py: Path(folder) / name mangles http:// folders"
+    strict=True, reason="evaluate/tasks.py: Path(folder) / name; evaluate/zeroshot.py shard_files: os.stat"
 )
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the folder; ``/lying/NAME`` announces NAME's full length, sends a third and closes (a cut
+    connection)."""
+
     def log_message(self, *args) -> None:  # no access log in the test output
         pass
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/lying/"):
+            return super().do_GET()
+        data = (Path(self.directory) / self.path.removeprefix("/lying/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 3])
+        self.close_connection = True
+        return None
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -125,6 +140,10 @@ def test_http_errors_name_the_url(served):
     with pytest.raises(TruncatedShard, match=rf"{base}/cut/c-000000.tar: truncated"):
         got.extend(r["__key__"] for r in iter_raw(f"{base}/cut/c-000000.tar"))
     assert got and got == local[: len(got)]  # every complete sample before the cut
+    got = []
+    with pytest.raises(OSError, match=rf"{base}/lying/ludb-train-000000.tar: read failed"):
+        got.extend(r["__key__"] for r in iter_raw(f"{base}/lying/ludb-train-000000.tar"))
+    assert got and got == local[: len(got)]  # a connection cut mid-shard: an I/O error, as on a local disk
 
 
 def test_info_on_http_equals_local(served, capsys):
@@ -132,6 +151,24 @@ def test_info_on_http_equals_local(served, capsys):
     remote = _run(capsys, ["info", "--json", f"{base}/{TRAIN}"])
     assert json.loads(remote)["samples"] == 150
     assert remote == _run(capsys, ["info", "--json", str(folder / TRAIN)])
+
+
+def test_show_and_retrieve_on_http_equal_local(served, capsys, tmp_path):
+    folder, base = served
+    key = next(iter_raw(str(folder / SMALL)))["__key__"]
+
+    def show(data: str) -> str:
+        return _run(capsys, ["show", data, "--key", key, "--out", str(tmp_path / "s.png")]).splitlines()[0]
+
+    assert show(f"{base}/{SMALL}") == show(str(folder / SMALL)) and show(str(folder / SMALL)).startswith(key)
+
+    def retrieve(data: str) -> str:
+        argv = ["retrieve", "--data", data, "--model", "FGCLEP-Tiny", "--checkpoint", "none"]
+        out = _run(capsys, [*argv, "--query", "sinus rhythm", "--ecg", key, "--k", "3", "--quiet"])
+        return out.replace(data, "DATA")  # the header names the shards
+
+    remote = retrieve(f"{base}/{SMALL}")
+    assert key in remote and "12 ECGs" in remote and remote == retrieve(str(folder / SMALL))
 
 
 @EVAL_LOCAL_ONLY

@@ -45,17 +45,23 @@ def _missing_package(scheme: str, err: ImportError) -> str:
 
 class _RawStream(io.RawIOBase):
     """An fsspec file as a raw stream, so :class:`io.BufferedReader` makes its ``read(n)`` return ``n`` bytes
-    unless the stream ends (an HTTP stream returns what has arrived)."""
+    unless the stream ends (an HTTP stream returns what has arrived). A failure of the transport (a connection
+    cut mid-shard) is an ``OSError`` naming the URL, like a local read error."""
 
-    def __init__(self, f: BinaryIO):
+    def __init__(self, f: BinaryIO, url: str):
         super().__init__()
-        self.f = f
+        self.f, self.url = f, url
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        data = self.f.read(len(b))
+        try:
+            data = self.f.read(len(b))
+        except (OSError, ValueError):
+            raise
+        except Exception as e:  # e.g. aiohttp's ClientPayloadError: the body ended before its length
+            raise OSError(f"{self.url}: read failed: {e}") from e
         b[: len(data)] = data
         return len(data)
 
@@ -81,7 +87,11 @@ def _open_remote(url: str) -> BinaryIO:
     except ValueError as e:  # fsspec: "Protocol not known"
         raise ValueError(f"cannot read {url}: no fsspec filesystem handles {scheme}:// URLs") from e
     streamed = {"block_size": 0} if "http" in fs.protocol else {}
-    return io.BufferedReader(_RawStream(fs.open(path, "rb", **streamed)), 1 << 20)
+    try:
+        f = fs.open(path, "rb", **streamed)
+    except FileNotFoundError as e:  # fsspec's message is the bare URL; HTTP: also an unreachable server
+        raise FileNotFoundError(f"{url}: not found (or its server is not reachable)") from e
+    return io.BufferedReader(_RawStream(f, url), 1 << 20)
 
 
 @contextmanager
