@@ -13,12 +13,13 @@ once, pairs scored in one gather). Decision rules (``--rule``):
 * ``within-proposer``: the same with the reference ECGs whose reports **do** propose the candidate: keep if the
   cosine's rank among them is in the top ``1 - q`` (default q 0.5, the better-supported half). A candidate
   proposed for many ECGs is kept where the ECG supports it most relative to the others it was proposed for.
+  (Like the quantile rule, a candidate with fewer than ``MIN_REFERENCE`` such ECGs is ranked among all.)
 * ``lead-ensemble``: the quantile rule on the evaluation's ENS score (the maximum cosine over the candidate's
   ``"<phrase> in lead <x>"`` prompts and the phrase itself, :func:`fgclep_plugin.model.zeroshot.ens_prompts`).
 * ``centred``: the quantile rule on the cosine minus the ECG's mean cosine over :data:`VOCABULARY` (every phrase
   of the knowledge base). An ECG close to all feature text is not credited with each one. A fixed vocabulary
-  (not the batch's candidates) makes the offset a function of the ECG alone: the same for a reference ECG and
-  the ECG it is, whatever shard, batch or process it is decided in.
+  (not the batch's candidates) makes the offset a function of the ECG alone: the same when the ECG serves as a
+  reference and when it is decided, whatever shard, batch or process decides it.
 
 The audit compares kept interval features (slow / fast rate, long PR, wide QRS, long QT, axis deviation) with
 the intervals a sample carries (synthetic ground truth; MIMIC-IV-ECG machine measurements), and on synthetic
@@ -130,13 +131,13 @@ def stored_decisions(rows: Sequence[dict[str, Any]], cfg: RuleConfig) -> list[bo
     ``prob``, ``scores``, ``thresholds``); the oracle's are the stored ones, decided from the truth."""
     if cfg.rule == "oracle":
         return [bool(r["kept"]) for r in rows]
-    score = [r["cos"] if cfg.score == "cos" else (r.get("scores") or {}).get(cfg.score, np.nan) for r in rows]
-    prob = [r["prob"] for r in rows]
-    thr = [(r.get("thresholds") or {}).get(cfg.threshold_key(), np.nan) for r in rows]
-    return [
-        bool(k)
-        for k in decide(np.asarray(score, float), np.asarray(prob, float), np.asarray(thr, float), cfg)
-    ]
+    holder = [r if cfg.score == "cos" else r.get("scores") or {} for r in rows]  # cos or the extra scores
+    score = np.array([h.get(cfg.score, np.nan) for h in holder], dtype=np.float64)
+    prob = np.array([r["prob"] for r in rows], dtype=np.float64)
+    thr = np.array(
+        [(r.get("thresholds") or {}).get(cfg.threshold_key(), np.nan) for r in rows], dtype=np.float64
+    )
+    return decide(score, prob, thr, cfg).tolist()
 
 
 class TextTable:
@@ -237,7 +238,8 @@ def calibrate(
     cand = list(dict.fromkeys(candidate_texts))
     if not cand or ecg_emb.numel() == 0:
         return {}
-    proposes = np.array([[c in set(p) for c in cand] for p in proposed], dtype=bool)  # [N_ref, M]
+    sets = [set(p) for p in proposed]
+    proposes = np.array([[c in s for c in cand] for s in sets], dtype=bool).reshape(len(sets), len(cand))
     needed = dict.fromkeys(score for score, _ in CALIBRATED.values())
     scores = {s: score_matrix(ecg_emb, texts, cand, s).numpy() for s in needed}  # score -> [N_ref, M]
     out: dict[str, dict[str, float]] = {c: {} for c in cand}
