@@ -53,7 +53,6 @@ from ..ecgdata.ecg import canonicalize
 from ..ecgdata.records import EcgRecord, RejectError
 from ..ecgdata.sources.challenge import ChallengeSource
 from ..ecgdata.sources.ludb import LudbSource
-from ..ecgdata.sources.wfdb_io import read_header
 from ..evaluate.tasks import MERL_TASKS, get_task
 from ..synth.vocabulary import DIAGNOSES, FEATURES
 
@@ -108,9 +107,16 @@ def read_record(path: str | Path, fs: float | None = None, leads: Sequence[str] 
             raise RejectError("missing-file", f"{path} not found")
         what = "a .mat signal file" if p.suffix.lower() == ".mat" else "a WFDB signal file"
         raise RejectError("missing-file", f"{path}: {what} needs its WFDB header {hea} beside it")
-    header = read_header(record)
-    ludb = any(str(c).strip().lower().startswith("<diagnoses>") for c in header.comments or [])
-    return _wfdb_source("ludb" if ludb else "wfdb", str(record.parent)).load(record.name)
+    return _wfdb_source("ludb" if _is_ludb_header(hea) else "wfdb", str(record.parent)).load(record.name)
+
+
+def _is_ludb_header(hea: Path) -> bool:
+    """A LUDB header: a ``#<diagnoses>:`` comment line. Read as plain text: parsing it with wfdb as well would
+    double the cost of reading a record (wfdb's header parser is most of it)."""
+    lines = hea.read_text(errors="replace").splitlines()
+    return any(
+        ln.lstrip("# \t").lower().startswith("<diagnoses>") for ln in lines if ln.lstrip().startswith("#")
+    )
 
 
 def _read_npy(path: Path, fs: float | None, leads: Sequence[str] | None) -> EcgRecord:
