@@ -13,11 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 BENCHMARKS = SHARED / "benchmarks"
 LUDB_SHARDS = ROOT / "shards" / "ludb"
+LUDB_TEST = str(LUDB_SHARDS / "ludb-test-000000.tar")
 MODEL = "FGCLEP-Tiny"
 
 
-def tiny_checkpoint(path: Path, seed: int = 0) -> str:
-    """FGCLEP-Tiny with seeded random weights, saved as a state dict (loads with ``weights_only=True``)."""
+def tiny_checkpoint(path: Path, seed: int = 0, epoch: int | None = None) -> str:
+    """FGCLEP-Tiny with seeded random weights, saved as a state dict (loads with ``weights_only=True``); with
+    ``epoch``, as open_clip's training checkpoint ``{"epoch": epoch, "state_dict": ...}``."""
     import open_clip
 
     from fgclep_plugin.model.registry import register
@@ -25,7 +27,8 @@ def tiny_checkpoint(path: Path, seed: int = 0) -> str:
     register()
     torch.manual_seed(seed)
     model = open_clip.create_model(MODEL)
-    torch.save(model.state_dict(), path)
+    state = model.state_dict()
+    torch.save(state if epoch is None else {"epoch": epoch, "state_dict": state}, path)
     return str(path)
 
 

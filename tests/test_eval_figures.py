@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eval_helpers import LUDB_TEST
 from PIL import Image
 
 from fgclep_plugin.cli import main
@@ -19,9 +20,6 @@ from fgclep_plugin.evaluate.figures import (
     random_batch,
     tsne,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from fgclep_plugin.evaluate import zeroshot
 from fgclep_plugin.evaluate.linear import MERL_SELECTION, VAL_SELECTION, probe_fraction, subset
 from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, get_task
 from fgclep_plugin.evaluate.zeroshot import EmbeddedSplit, cache_key, cached_split, embed_split
-from fgclep_plugin.model import scoring
 from fgclep_plugin.model.scoring import load_model
 
 
@@ -79,23 +78,6 @@ def test_subsets_ours_seeded_merls_train_test_split():
     merl = subset(1000, 10, 123, True)  # MERL ignores the seed: random_state=42
     expect = np.sort(train_test_split(np.arange(1000), train_size=0.1, random_state=42)[0])
     assert np.array_equal(merl, expect) and len(subset(1000, 100, 0, True)) == 1000
-
-
-@pytest.fixture
-def embed_counter(monkeypatch):
-    """Counts the passes through ``embed_ecgs`` (as the evaluation calls it) and the ECGs they embed."""
-    calls: list[int] = []
-    real = scoring.embed_ecgs
-
-    def counting(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(len(out))
-        return out
-
-    monkeypatch.setattr(scoring, "embed_ecgs", counting)
-    zeroshot.clear_memo()
-    yield calls
-    zeroshot.clear_memo()
 
 
 def independent_targets(task, split):

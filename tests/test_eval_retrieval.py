@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from eval_helpers import LUDB_TEST, tiny_checkpoint
 
 from fgclep_plugin.cli import main
 from fgclep_plugin.ecgdata.plot import paper_size_mm
@@ -22,9 +23,6 @@ from fgclep_plugin.evaluate.retrieval import (
     report_relevance,
 )
 from fgclep_plugin.model.scoring import embed_ecgs, embed_texts, load_model
-
-ROOT = Path(__file__).resolve().parents[1]
-LUDB_TEST = str(ROOT / "shards" / "ludb" / "ludb-test-000000.tar")
 
 
 def _ref_top(row: np.ndarray, k: int) -> list[int]:
@@ -70,20 +68,8 @@ def test_duplicate_reports_all_count_as_hits():
     assert recall_at_k(s, rel, 1) == pytest.approx(2 / 3)
 
 
-def _tiny_checkpoint(path: Path) -> str:
-    import open_clip
-
-    from fgclep_plugin.model.registry import register
-
-    register()
-    torch.manual_seed(1)
-    model = open_clip.create_model("FGCLEP-Tiny")
-    torch.save({"epoch": 1, "state_dict": model.state_dict()}, path)
-    return str(path)
-
-
 def test_retrieve_cli_on_ludb_matches_embeddings_computed_here(tmp_path, capsys):
-    ckpt = _tiny_checkpoint(tmp_path / "tiny.pt")
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt", seed=1, epoch=1)
     query = "Rhythm: Sinus rhythm. Electric axis of the heart: normal."
     out = tmp_path / "eval"
     argv = ["retrieve", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--checkpoint", ckpt, "--k", "5"]
@@ -138,6 +124,7 @@ def test_retrieve_cli_on_ludb_matches_embeddings_computed_here(tmp_path, capsys)
 
 
 def test_retrieve_cli_names_an_unknown_ecg_key(tmp_path, capsys):
-    argv = ["retrieve", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--checkpoint", "none", "--ecg", "ludb_999"]
+    argv = ["retrieve", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--checkpoint", "none"]
+    argv += ["--ecg", "ludb_999"]
     assert main([*argv, "--quiet"]) == 1
     assert "no sample with key 'ludb_999'" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from fgclep_plugin.cli import main
 from fgclep_plugin.ecgdata.ecg import LEADS
 from fgclep_plugin.ecgdata.reader import iter_samples
-from fgclep_plugin.evaluate import EvalSettings, evaluate, zeroshot
+from fgclep_plugin.evaluate import EvalSettings, evaluate
 from fgclep_plugin.evaluate.tasks import LUDB_CLASSES, Task, get_task
 from fgclep_plugin.evaluate.zeroshot import (
     bootstrap_interval,
@@ -24,7 +24,6 @@ from fgclep_plugin.evaluate.zeroshot import (
     ens_scores,
     rank_auc,
 )
-from fgclep_plugin.model import scoring
 from fgclep_plugin.model.registry import register
 from fgclep_plugin.model.zeroshot import ECG_TEMPLATES
 
@@ -127,18 +126,8 @@ def test_cli_zero_shot_equals_an_independent_computation_on_ludb(checkpoints, tm
 
 
 def test_evaluate_embeds_each_checkpoint_once_for_two_tasks_without_a_cache(
-    checkpoints, tmp_path, monkeypatch
+    checkpoints, tmp_path, embed_counter
 ):
-    passes: list[int] = []
-    real = scoring.embed_ecgs
-
-    def counting(*args, **kwargs):
-        out = real(*args, **kwargs)
-        passes.append(len(out))
-        return out
-
-    monkeypatch.setattr(scoring, "embed_ecgs", counting)
-    zeroshot.clear_memo()
     settings = EvalSettings(
         model=MODEL,
         checkpoints={"A": checkpoints[0], "B": checkpoints[1]},
@@ -153,7 +142,7 @@ def test_evaluate_embeds_each_checkpoint_once_for_two_tasks_without_a_cache(
         prompt_sets=["templates"],
     )
     rows = evaluate(settings)
-    assert passes == [50, 50]  # one pass of the 50 test ECGs per checkpoint, shared by both tasks
+    assert embed_counter == [50, 50]  # one pass of the 50 test ECGs per checkpoint, shared by both tasks
     assert [(r["checkpoint_label"], r["task"]) for r in rows] == [
         ("A", "ludb-rhythm"),
         ("A", "ludb-axis"),
