@@ -23,11 +23,11 @@ import psutil
 import torch
 from open_clip_train.precision import get_autocast
 
-from ..cliargs import HelpFormatter, add_device_argument
-from ..defaults import DEFAULT_MODEL
+from ..cliargs import add_device_argument
 from ..ecgdata.reader import iter_samples
 from ..model.loss import create_fgclep_loss
 from ..model.registry import register
+from .args import bench_parser
 
 DEFAULT_SHARDS = str(
     Path(__file__).resolve().parents[2] / "shards" / "ludb" / "ludb-train-{000000..000002}.tar"
@@ -154,12 +154,7 @@ def format_result(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(
-        prog="python -m fgclep_plugin.bench.train",
-        description=__doc__.split("\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config name")
+    p = bench_parser("train", __doc__)
     p.add_argument("--shards", default=DEFAULT_SHARDS, help="training shards")
     p.add_argument("--batch-size", type=int, default=32, help="ECG-report pairs per step")
     p.add_argument("--steps", type=int, default=10, help="timed steps")

@@ -11,7 +11,6 @@ candidates per report.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 
@@ -20,11 +19,10 @@ import torch
 
 from ..augment import knowledge as kb
 from ..augment.validate import RuleConfig, TextTable, decide, ecg_embeddings, naive_decisions, score_pairs
-from ..cliargs import HelpFormatter
-from ..defaults import DEFAULT_MODEL
 from ..ecgdata.ecg import canonicalize
 from ..model.scoring import load_model
 from ..synth.source import synth_record
+from .args import bench_parser
 
 
 def _candidates(reports: list[str], k: int) -> list[list[str]]:
@@ -39,13 +37,7 @@ def _candidates(reports: list[str], k: int) -> list[list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     """Time both paths and print them side by side."""
-    ap = argparse.ArgumentParser(
-        prog="python -m fgclep_plugin.bench.validate",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=HelpFormatter,
-    )
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config")
-    ap.add_argument("--checkpoint", default=None, help="stage-1 checkpoint (speed does not depend on it)")
+    ap = bench_parser("validate", __doc__, checkpoint_help="stage-1 checkpoint")
     ap.add_argument("--ecgs", type=int, default=200, help="ECGs validated by the batched path")
     ap.add_argument("--naive-ecgs", type=int, default=10, help="ECGs validated naively (the first ones)")
     ap.add_argument("--candidates", type=int, default=10, help="candidates per report")
