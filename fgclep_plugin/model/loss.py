@@ -123,8 +123,19 @@ class FgClepLoss(SigLipLoss):
         contrastive = super().forward(
             image_features, text_features, logit_scale, logit_bias, output_dict=False
         )
+        return self.plus_fnm(contrastive, image_features, text_features, output_dict)
+
+    def plus_fnm(
+        self,
+        contrastive: torch.Tensor,
+        image_features: torch.Tensor,
+        report_features: torch.Tensor,
+        output_dict: bool,
+    ):
+        """``contrastive`` and ``fnm_lambda`` times the FNM term of the ECGs against their reports: as
+        ``{"contrastive_loss", "fnm_loss"}`` when ``output_dict``, else their sum."""
         if self.fnm_lambda:
-            weighted_fnm = self.fnm_lambda * self.fnm(image_features, text_features)
+            weighted_fnm = self.fnm_lambda * self.fnm(image_features, report_features)
         else:
             weighted_fnm = contrastive.new_zeros(())
         if output_dict:
@@ -172,14 +183,7 @@ class MultiPositiveLoss(FgClepLoss):
         contrastive = multi_positive_sigmoid_loss(
             image_features, text_features, positives, logit_scale, logit_bias
         )
-        weighted_fnm = (
-            self.fnm_lambda * self.fnm(image_features, text_features[:b])
-            if self.fnm_lambda
-            else contrastive.new_zeros(())
-        )
-        if output_dict:
-            return {"contrastive_loss": contrastive, "fnm_loss": weighted_fnm}
-        return contrastive + weighted_fnm
+        return self.plus_fnm(contrastive, image_features, text_features[:b], output_dict)
 
 
 def create_fgclep_loss(args: Any) -> FgClepLoss:
