@@ -2,7 +2,7 @@
 
 One convention for all commands: ``--data`` names shard input, ``--model`` / ``--checkpoint`` the model
 (``--checkpoint none`` = random initial weights; no command that scores falls back to them silently),
-``--out``, ``--batch-size``, ``--device``, ``--quiet``. Imports nothing from the package's layers, so any
+``--out``, ``--batch-size``, ``--device`` / ``--precision`` / ``--workers`` (every command that embeds), ``--quiet``. Imports nothing from the package's layers, so any
 subcommand module may use it.
 """
 
@@ -168,9 +168,27 @@ def add_batch_size_argument(
         )
 
 
-def add_device_argument(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str = "cpu") -> None:
     """``--device``: torch device of the model."""
     p.add_argument("--device", default=default, help="torch device, e.g. cpu or cuda:0")
+
+
+EMBED_PRECISIONS = ("fp32", "amp", "amp_bf16")
+"""``--precision`` of the embedding commands (open_clip names; ``bf16``/``fp16`` cast only Conv/Linear weights)."""
+
+
+def add_compute_arguments(p: argparse.ArgumentParser, workers: int = 2) -> None:
+    """Where and how a command that embeds runs its model, one argument group: ``--device`` (``auto``: CUDA
+    device ``LOCAL_RANK`` when CUDA is available, else the CPU), ``--precision``, ``--workers`` (DataLoader
+    processes decoding and transforming shards while the encoder runs)."""
+    g = p.add_argument_group("compute")
+    g.add_argument(
+        "--device",
+        default="auto",
+        help="torch device, e.g. cpu or cuda:0; auto: cuda:LOCAL_RANK when CUDA is available, else cpu",
+    )
+    g.add_argument("--precision", choices=EMBED_PRECISIONS, default="fp32", help="open_clip precision")
+    add_workers_argument(g, "DataLoader processes decoding shards (0: the main process)", workers)
 
 
 def add_seed_argument(p: argparse.ArgumentParser, help: str = "random seed", default: int = 0) -> None:
@@ -181,16 +199,21 @@ def add_seed_argument(p: argparse.ArgumentParser, help: str = "random seed", def
 def add_run_arguments(
     p: argparse.ArgumentParser, batch_size: int, batch_help: str, seed_help: str, *, batch_alias: bool = False
 ) -> None:
-    """How a command that scores runs the model: ``--seed``, ``--batch-size``, ``--device``, ``--quiet``."""
+    """How a command that scores runs the model: ``--seed``, ``--batch-size``, ``--quiet`` and the compute group
+    (:func:`add_compute_arguments`)."""
     add_seed_argument(p, seed_help)
     add_batch_size_argument(p, batch_size, batch_help, batch_alias=batch_alias)
-    add_device_argument(p)
+    add_compute_arguments(p)
     add_quiet_argument(p)
 
 
-def add_workers_argument(p: argparse.ArgumentParser, help: str = "parallel reader processes") -> None:
+def add_workers_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    help: str = "parallel reader processes",
+    default: int = 1,
+) -> None:
     """``--workers``."""
-    p.add_argument("--workers", type=int, default=1, help=help)
+    p.add_argument("--workers", type=int, default=default, help=help)
 
 
 def add_summary_json_argument(p: argparse.ArgumentParser) -> None:

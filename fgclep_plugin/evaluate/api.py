@@ -43,7 +43,9 @@ class EvalSettings:
     bootstrap: int = 1000  # resamples of the test records for the 95 % interval (0: none)
     seed: int = 0  # bootstrap, label subsets, probe heads, and the weights of a checkpoint-less model
     batch_size: int = 64
-    device: str = "cpu"
+    device: str = "auto"  # model.device.choose_device: cuda:LOCAL_RANK when CUDA is available, else cpu
+    precision: str = "fp32"  # open_clip precision of every embedding
+    workers: int = 2  # DataLoader processes decoding the shards (0: the main process)
     progress: bool = True
     prompt_sets: Sequence[str] | None = None  # None: templates, ens, and ckepe on MERL tasks
     fractions: Sequence[float] = (1.0, 10.0, 100.0)  # linear probe: % of the training labels
@@ -79,9 +81,16 @@ def evaluate(settings: EvalSettings) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for label, checkpoint in s.checkpoints.items():
         torch.manual_seed(s.seed)  # a checkpoint-less model: the same random weights every run
-        loaded = load_model(s.model, checkpoint, device=s.device)
+        loaded = load_model(s.model, checkpoint, s.device, s.precision, s.workers)
         for task in tasks:
-            base = {"model": s.model, "checkpoint": checkpoint, "checkpoint_label": label, "task": task.name}
+            base = {
+                "model": s.model,
+                "checkpoint": checkpoint,
+                "checkpoint_label": label,
+                "task": task.name,
+                "device": str(loaded.device),  # the device selected, recorded
+                "precision": loaded.precision,
+            }
             emb = {"test": cached_split(loaded, task, "test", s.cache, s.batch_size, s.progress)}
             if "zeroshot" in s.protocols:
                 for row in zero_shot_results(loaded, task, emb["test"], s.prompt_sets, s.bootstrap, s.seed):

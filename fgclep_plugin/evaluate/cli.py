@@ -107,6 +107,8 @@ def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]) -> 
         seed=args.seed,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
+        workers=args.workers,
         progress=not args.quiet,
         prompt_sets=args.prompt_set,
         figures=str(Path(args.out) / "figures") if args.figures else None,

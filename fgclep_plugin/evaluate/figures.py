@@ -219,7 +219,14 @@ def make_figures(
     pts = np.arange(n) if n <= max_points else random_batch(n, max_points, seed)
     xy = tsne(es.embeddings[pts], seed=seed, perplexity=perplexity)
     who = f"{lm.name}" + (f", {Path(lm.checkpoint).name}" if lm.checkpoint else ", untrained")
-    manifest: dict[str, Any] = {"model": lm.name, "checkpoint": lm.checkpoint, "data": urls, "seed": seed}
+    manifest: dict[str, Any] = {
+        "model": lm.name,
+        "checkpoint": lm.checkpoint,
+        "device": str(lm.device),
+        "precision": lm.precision,
+        "data": urls,
+        "seed": seed,
+    }
     tsne_path = plot_tsne(
         xy,
         primary_labels([labels[i] for i in pts]),
@@ -262,7 +269,7 @@ def make_figures(
 def run_figures(args: argparse.Namespace) -> int:
     """``fgclep figures``."""
     torch.manual_seed(args.seed)
-    lm = load_model(args.model, args.checkpoint, device=args.device)
+    lm = load_model(args.model, args.checkpoint, args.device, args.precision, args.workers)
     manifest = make_figures(
         lm,
         args.data,

@@ -191,6 +191,8 @@ def retrieve(
     result: dict[str, Any] = {
         "model": lm.name,
         "checkpoint": lm.checkpoint,
+        "device": str(lm.device),
+        "precision": lm.precision,
         "data": es.urls,
         "ecgs": len(es.keys),
         "distinct_reports": len(es.reports),
@@ -357,7 +359,7 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if args.out:
         check_writable_folder(args.out)  # before embedding the shards
     torch.manual_seed(args.seed)
-    lm = load_model(args.model, args.checkpoint, device=args.device)
+    lm = load_model(args.model, args.checkpoint, args.device, args.precision, args.workers)
     es = embed_shard_set(lm, args.data, batch_size=args.batch_size, progress=not args.quiet)
     result = retrieve(
         lm,

@@ -1,0 +1,67 @@
+"""Where an embedding command runs: device choice by LOCAL_RANK, each process's part of the shards, the
+DataLoader workers of ``embed_shards`` (same embeddings in shard order), and the device a command records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from eval_helpers import LUDB_TEST
+
+from fgclep_plugin.cli import main
+from fgclep_plugin.model.device import choose_device, process_part
+from fgclep_plugin.model.scoring import embed_shards, load_model
+
+
+def test_choose_device_takes_the_gpu_of_local_rank(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert choose_device("auto") == torch.device("cuda", 1)
+    assert choose_device(None) == torch.device("cuda", 1)
+    assert choose_device("cuda") == torch.device("cuda", 1)  # one GPU per launched process
+    assert choose_device("cuda:0") == torch.device("cuda", 0)  # an explicit index wins
+    assert choose_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert choose_device("auto") == torch.device("cpu")
+
+
+def test_process_part_slices_by_rank_and_world_size(monkeypatch):
+    shards = [f"s-{i:02d}.tar" for i in range(7)]
+    parts = []
+    for rank in range(3):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        parts.append(process_part(shards))
+    assert parts[1] == ["s-01.tar", "s-04.tar"]
+    assert sorted(s for p in parts for s in p) == shards  # disjoint, and together every shard
+    assert process_part(shards, 0, 1) == shards
+    monkeypatch.setenv("RANK", "3")
+    with pytest.raises(ValueError, match="RANK 3"):
+        process_part(shards)
+
+
+def test_embed_shards_with_workers_gives_the_main_process_embeddings_in_shard_order(tmp_path, ckpt):
+    for i in range(3):
+        shutil.copyfile(LUDB_TEST, tmp_path / f"set-{i:06d}.tar")
+    urls = str(tmp_path / "set-{000000..000002}.tar")
+    lm = load_model("FGCLEP-Tiny", ckpt)
+    one = embed_shards(lm, LUDB_TEST, batch_size=7)
+    lm.workers = 0
+    main_process = embed_shards(lm, urls, batch_size=7)
+    lm.workers = 2  # worker 0 reads shards 0 and 2, worker 1 shard 1: batches arrive interleaved
+    workers = embed_shards(lm, urls, batch_size=7)
+    assert workers.keys == main_process.keys == one.keys * 3
+    assert workers.texts == one.texts * 3 and workers.metas == one.metas * 3
+    np.testing.assert_allclose(workers.embeddings, main_process.embeddings, atol=1e-6)
+    np.testing.assert_allclose(workers.embeddings, np.tile(one.embeddings, (3, 1)), atol=1e-6)
+
+
+def test_retrieve_records_the_cpu_when_cuda_is_hidden(tmp_path, ckpt, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["retrieve", "--data", LUDB_TEST, "--model", "FGCLEP-Tiny", "--checkpoint", ckpt, "--k", "3"]
+    assert main([*argv, "--plot-k", "0", "--quiet", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "retrieval.json").read_text())
+    assert result["device"] == "cpu" and result["precision"] == "fp32"
