@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 
+from .. import trainargs
 from ..cliargs import HelpFormatter, add_command, add_out_argument, add_seed_argument
 from ..defaults import DEFAULT_MODEL, LUDB_DATA, SYNTH_DATA
 from ..training.precision import resolve_precision
@@ -105,10 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def apply_fast(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """With ``--fast``: the FAST values for every setting left at its default."""
-    if args.fast:
-        for k, v in FAST.items():
-            if getattr(args, k) == parser.get_default(k):
-                setattr(args, k, v)
+    trainargs.apply_fast(args, parser, FAST)
 
 
 def _main_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

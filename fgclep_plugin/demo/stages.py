@@ -26,6 +26,7 @@ from ..evaluate.tasks import get_task
 from ..model.scoring import load_model
 from ..synth.corpus import ensure_synth_corpus
 from ..train import accelerate_cpu_command
+from ..trainargs import train_argv
 from .config import KEEP_ALL, PROBE_TASKS, ZS_TASKS
 from .report import format_curve
 
@@ -53,55 +54,13 @@ def untrained_auc(model_name: str, zeroshot_urls: str, label_key: str, seed: int
 
 
 def launch_command(args: argparse.Namespace, urls: dict[str, str]) -> list[str]:
-    """``accelerate launch ... -m fgclep_plugin.train ...`` for the demo run."""
-    return [
-        *accelerate_cpu_command(args.processes),
-        "--model",
-        args.model,
-        "--train-data",
-        urls["train"],
-        "--train-num-samples",
-        str(args.train_samples),
-        "--batch-size",
-        str(args.batch_size),
-        "--epochs",
-        str(args.epochs),
-        "--lr",
-        str(args.lr),
-        "--wd",
-        "1e-4",
-        "--warmup",
-        str(args.warmup),
-        "--workers",
-        str(args.workers),
-        "--device",
-        "cpu",
-        "--precision",
-        args.precision,
-        "--seed",
-        str(args.seed),
-        "--logs",
-        str(args.logs),
-        "--name",
-        args.name,
-        "--save-frequency",
-        "0",
-        "--report-to",
-        "tensorboard",
-        "--log-every-n-steps",
-        "10",
-        "--ecg-zeroshot-data",
-        urls["val"],
-        "--ecg-zeroshot-label-key",
-        "diagnoses",
-        "--zeroshot-frequency",
-        "1",
-        "--loss-log",
-        str(Path(args.logs) / args.name / "losses"),
-        "--fnm-lambda",
-        str(args.fnm_lambda),
-        *args.extra,
-    ]
+    """``accelerate launch ... -m fgclep_plugin.train ...`` for the demo run: tensorboard, the loss log and the
+    held-out zero-shot AUC after every epoch; the flags after ``--`` (``args.extra``) last."""
+    monitor = ["--report-to", "tensorboard", "--log-every-n-steps", "10", "--ecg-zeroshot-data", urls["val"]]
+    monitor += ["--ecg-zeroshot-label-key", "diagnoses", "--zeroshot-frequency", "1"]
+    monitor += ["--loss-log", str(Path(args.logs) / args.name / "losses")]
+    run = train_argv(args, urls["train"], args.logs, args.name, args.seed, monitor, extra=args.extra)
+    return [*accelerate_cpu_command(args.processes), *run]
 
 
 def read_curve(run_dir: Path) -> list[dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import trainargs
 from ..cliargs import HelpFormatter
 from ..defaults import DEFAULT_MODEL
 
@@ -132,10 +133,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def apply_fast(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    if args.fast:
-        for k, v in FAST.items():
-            if getattr(args, k) == parser.get_default(k):
-                setattr(args, k, v)
+    """With ``--fast``: the FAST values for every setting left at its default."""
+    trainargs.apply_fast(args, parser, FAST)
 
 
 def _main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -34,6 +34,7 @@ from ..evaluate.zeroshot import embed_shards, prompt_scores, task_split
 from ..model.scoring import load_model
 from ..synth import cli as synth_cli
 from ..train import main as train_main
+from ..trainargs import train_argv
 from .arms import PROMPT_SETS, TASKS, arm_flags, run_label, stage2_arms
 
 
@@ -148,54 +149,6 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def train_argv(
-    args: argparse.Namespace, data: str, logs: Path, name: str, seed: int, **over: Any
-) -> list[str]:
-    """``python -m fgclep_plugin.train`` flags of one run (stage 1, or stage 3 with ``over``)."""
-    o = {
-        "epochs": args.epochs,
-        "samples": args.train_samples,
-        "lr": args.lr,
-        "warmup": args.warmup,
-        **over,
-    }
-    argv = [
-        "--model",
-        args.model,
-        "--train-data",
-        data,
-        "--train-num-samples",
-        str(o["samples"]),
-        "--batch-size",
-        str(args.batch_size),
-        "--epochs",
-        str(o["epochs"]),
-        "--lr",
-        str(o["lr"]),
-        "--wd",
-        "1e-4",
-        "--warmup",
-        str(o["warmup"]),
-        "--workers",
-        str(args.workers),
-        "--device",
-        "cpu",
-        "--precision",
-        args.precision,
-        "--seed",
-        str(seed),
-        "--logs",
-        str(logs),
-        "--name",
-        name,
-        "--save-frequency",
-        "0",
-        "--fnm-lambda",
-        str(args.fnm_lambda),
-    ]
-    return argv + list(o.get("extra", []))
 
 
 def stage3_over(args: argparse.Namespace, ck1: Path, injection: str) -> dict[str, Any]:
