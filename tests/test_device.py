@@ -65,3 +65,35 @@ def test_retrieve_records_the_cpu_when_cuda_is_hidden(tmp_path, ckpt, monkeypatc
     assert main([*argv, "--plot-k", "0", "--quiet", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "retrieval.json").read_text())
     assert result["device"] == "cpu" and result["precision"] == "fp32"
+
+
+def test_training_zero_shot_hook_scores_on_the_gpu_of_its_process(monkeypatch):
+    from types import SimpleNamespace
+
+    from fgclep_plugin.training import zeroshot as hook
+
+    seen = {}
+
+    def fake_auc(model, tokenizer, loader, **kw):
+        seen.update(kw)
+        return {
+            "auc": 0.5,
+            "per_class": {},
+            "skipped": [],
+            "outside_labels": {},
+            "n_samples": 1,
+            "n_unlabelled": 0,
+        }
+
+    monkeypatch.setattr(hook, "zero_shot_auc", fake_auc)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    args = SimpleNamespace(
+        zeroshot_frequency=1, epochs=1, device="cuda", precision="amp", model="FGCLEP-Tiny"
+    )
+    data = {hook.DATA_KEY: hook.ZeroShotData([])}
+    assert (
+        hook.ecg_zero_shot_eval(torch.nn.Linear(1, 1), data, 1, args, tokenizer=str)["ecg-zeroshot-auc"]
+        == 0.5
+    )
+    assert seen["device"] == torch.device("cuda", 1) and seen["precision"] == "amp"

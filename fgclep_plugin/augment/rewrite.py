@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ..cliargs import (
     add_command,
+    add_compute_arguments,
     add_data_argument,
     add_model_arguments,
     add_out_argument,
@@ -441,15 +442,21 @@ def run_augment(
     log=print,
     candidates: str = "cache",
     move_kept: int | None = None,
+    device: str | None = "auto",
+    precision: str = "fp32",
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Rewrite this process's input shards (``index`` of ``n``) into ``out % k``; returns the summary.
+    ``device`` / ``precision`` / ``workers``: of the stage-1 model (:func:`~fgclep_plugin.model.scoring.load_model`).
 
     ``candidates``: ``"cache"`` (proposed features) or ``"truth"`` (every present feature the report does not
     state); ``move_kept``: seed of the derangement moving each shard's kept lists to other ECGs (the oracle arms,
     :mod:`fgclep_plugin.augment.oracle`)."""
+    from ..model.device import choose_device, process_part
     from ..model.scoring import load_model
 
     t0 = time.time()
+    device = choose_device(device)  # cuda:LOCAL_RANK under a launcher
     cfg = cfg or RuleConfig()
     urls = expand_urls(data)
     if not urls:
@@ -494,7 +501,7 @@ def run_augment(
     mpath = state_dir / f"{name}.augment-manifest.json"
     with exclusive_lock(state_dir / f"{name}.augment-manifest.lock", str(mpath), log):
         manifests.claim(mpath, manifest, f"{out_dir} holds stage-2 shards '{name}' made with other settings")
-    mine = [k for k in range(len(urls)) if k % n == index]
+    mine = process_part(range(len(urls)), index, n)
     names = [Path(outs[k]).name for k in mine]  # this process's shards: partial files of killed runs go
     remove_stale_temporaries(out_dir, names)
     remove_stale_temporaries(state_dir, [f"{x}.json" for x in names])
@@ -508,7 +515,7 @@ def run_augment(
     cands = CandidateSource(cache, backend, llm_model, prompt_version, index, n)
     stats = {"written": 0, "rejected": 0}
     if pending:
-        lm = load_model(model, checkpoint)
+        lm = load_model(model, checkpoint, device, precision, workers)
         if checkpoint is None:
             warnings.warn(f"no --checkpoint: validating with an untrained {model}", stacklevel=2)
         texts = TextTable(lm)
@@ -545,6 +552,8 @@ def run_augment(
         {
             "rule": cfg.describe(),
             "process": f"{index} of {n}",
+            "device": str(device),
+            "precision": precision,
             "input_shards": len(urls),
             "shards_this_process": len(mine),
             "shards_written_now": len(pending),
@@ -615,6 +624,9 @@ def run(args: argparse.Namespace) -> int:
             log=(lambda m: print(m, file=sys.stderr)),
             candidates=args.candidates,
             move_kept=args.move_kept,
+            device=args.device,
+            precision=args.precision,
+            workers=args.workers,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"fgclep augment: error: {e}", file=sys.stderr)
@@ -706,6 +718,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         help="move each ECG's kept list to another ECG of its shard (seeded derangement): the wrong-features "
         "control",
     )
+    add_compute_arguments(p)
     add_summary_json_argument(p)
     add_quiet_argument(p)
     p.set_defaults(func=run)

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-import torch
 from open_clip import get_tokenizer
 
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.reader import iter_samples
+from ..model.device import choose_device
 from ..model.zeroshot import ECG_TEMPLATES, default_prompt_text, mapped_prompt_text, zero_shot_auc
 from .pipeline import get_ecg_labelled_loader
 
@@ -87,6 +87,7 @@ def ecg_zero_shot_eval(
     tokenizer = tokenizer or get_tokenizer(args.model)
     zs = data[DATA_KEY]
     drop = not getattr(args, "ecg_zeroshot_keep_unlabelled", False)
+    device = choose_device(args.device)  # open_clip's device of this process (cuda:LOCAL_RANK or cpu)
     result = zero_shot_auc(
         model,
         tokenizer,
@@ -94,14 +95,15 @@ def ecg_zero_shot_eval(
         class_names=zs.class_names,
         templates=zs.templates,
         prompt_text=zs.prompt_text,
-        device=torch.device(args.device),
+        device=device,
         precision=args.precision,
         drop_unlabelled=drop,
     )
     log.info(
-        "ECG zero-shot (epoch %d, %d samples; %d samples without a label %s): macro AUC %.4f; per class %s; "
+        "ECG zero-shot (epoch %d on %s, %d samples; %d samples without a label %s): macro AUC %.4f; per class %s; "
         "skipped (one outcome) %s; labels outside the classes %s",
         epoch,
+        device,
         result["n_samples"],
         result["n_unlabelled"],
         "dropped" if drop else "counted as negatives",
