@@ -19,7 +19,7 @@ from scipy.signal import resample_poly
 
 import fgclep_plugin
 from fgclep_plugin.cli import main
-from fgclep_plugin.deploy.classify import FEATURE_PHRASES, canonical_ecg, resolve_device
+from fgclep_plugin.deploy.classify import FEATURE_PHRASES, canonical_ecg
 from fgclep_plugin.ecgdata.ecg import canonicalize
 from fgclep_plugin.ecgdata.sources.challenge import ChallengeSource
 from fgclep_plugin.ecgdata.sources.ludb import LudbSource
@@ -198,8 +198,9 @@ def test_task_and_prompt_file_give_the_classes_and_the_default_device_is_recorde
     argv = ["classify", str(MAT), "--model", MODEL, "--checkpoint", ckpt, "--task", "ludb-rhythm"]
     assert main([*argv, "--json", "--out", str(out)]) == 0  # no --device: cuda if available, else cpu
     doc = json.loads(out.read_text())
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device(None) == expected and doc["device"].startswith(expected)
+    from fgclep_plugin.model.device import choose_device
+
+    assert doc["device"] == str(choose_device("auto")) == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert f"on {doc['device']}" in capsys.readouterr().err
     task = get_task("ludb-rhythm")
     assert list(doc["results"][0]["probabilities"]) == list(LUDB_CLASSES["ludb-rhythm"])

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..augment.knowledge import PHRASE_TO_FEATURE
 from ..cliargs import (
+    EMBED_PRECISIONS,
     add_batch_size_argument,
     add_command,
     add_device_argument,
@@ -191,15 +192,6 @@ def _task_classes(name: str, data: str | Path | None) -> tuple[tuple[str, ...], 
 # ----------------------------------------------------------------------------------------------- classify
 
 
-def resolve_device(device: str | None) -> str:
-    """``None`` / ``"auto"``: ``cuda`` if torch sees a GPU, else ``cpu``; any other name as given."""
-    if device not in (None, "", "auto"):
-        return str(device)
-    import torch  # start-up time (module docstring)
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def classify(
     files: Sequence[str | Path],
     *,
@@ -224,8 +216,9 @@ def classify(
 
     Classes: ``classes`` (names; words mapped by ``prompts``), ``task`` (an evaluation task's classes and
     words; ``task_data``: its shard folder, MERL tasks only) or ``prompts`` alone (a ``{class: words}`` JSON
-    file or mapping). ``features``: also the ``top`` feature phrases of each file. ``device``: ``None`` = cuda
-    if available, else cpu. One :class:`FileResult` per file, in order; a rejected file has ``error`` set.
+    file or mapping). ``features``: also the ``top`` feature phrases of each file. ``device``: ``None`` or
+    ``auto`` = ``cuda:LOCAL_RANK`` if CUDA is available, else cpu; ``precision``: open_clip's name. One
+    :class:`FileResult` per file, in order; a rejected file has ``error`` set.
     ``info``, if given, receives the run's model, device, SigLIP scale and bias, classes and timings.
     """
     import torch  # start-up time (module docstring)
@@ -242,7 +235,8 @@ def classify(
     checkpoint = parse_checkpoint_path(checkpoint) if isinstance(checkpoint, str) else checkpoint
     t0 = time.perf_counter()
     torch.manual_seed(seed)  # a checkpoint-less model: the same random weights every run
-    lm = load_model(model, checkpoint, device=resolve_device(device), precision=precision)
+    # device None / "auto": load_model picks it (model.device.choose_device)
+    lm = load_model(model, checkpoint, device=device, precision=precision)
     dev = str(lm.device)
     scale, bias = lm.logit_scale, lm.logit_bias
     names = list(words)
@@ -396,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         leads=leads,
         batch_size=args.batch_size,
         device=args.device,
+        precision=args.precision,
         seed=args.seed,
         task_data=args.task_data,
         info=info,
@@ -453,6 +448,7 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--csv", action="store_true", help="CSV output, one row per (file, class | feature)")
     add_out_argument(p, "write the output to this file (atomically) instead of stdout", required=False)
     add_batch_size_argument(p, 32, "files per encoder batch")
-    add_device_argument(p, "auto")
+    add_device_argument(p, "auto")  # auto: cuda:LOCAL_RANK when CUDA is available, else cpu (load_model)
+    p.add_argument("--precision", choices=EMBED_PRECISIONS, default="fp32", help="open_clip precision")
     add_seed_argument(p, "torch seed (the random weights of --checkpoint none)")
     p.set_defaults(func=run)
