@@ -97,3 +97,29 @@ def test_training_zero_shot_hook_scores_on_the_gpu_of_its_process(monkeypatch):
         == 0.5
     )
     assert seen["device"] == torch.device("cuda", 1) and seen["precision"] == "amp"
+
+
+def test_eval_embedding_under_a_launcher_gathers_the_parts_in_shard_order(tmp_path, ckpt, monkeypatch):
+    from fgclep_plugin.evaluate import zeroshot
+    from fgclep_plugin.model import gather
+    from fgclep_plugin.model.scoring import EmbeddedShards
+
+    for i in range(3):
+        shutil.copyfile(LUDB_TEST, tmp_path / f"set-{i:06d}.tar")
+    shards = [str(tmp_path / f"set-{i:06d}.tar") for i in range(3)]
+    lm = load_model("FGCLEP-Tiny", ckpt)
+    whole = zeroshot.embed_shards(lm, shards, batch_size=16, progress=False)  # one process
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    got: list[EmbeddedShards] = []
+
+    def fake_all_gather(part):  # process 1's part computed here, as the gloo group would bring it
+        got.append(part)
+        other = embed_shards(lm, process_part(shards, 1, 2), 16, keep_meta=zeroshot.label_meta)
+        return [part, other]
+
+    monkeypatch.setattr(gather, "all_gather", fake_all_gather)
+    merged = zeroshot.embed_shards(lm, shards, batch_size=16, progress=False)
+    assert got[0].shard_sizes == [50, 50]  # process 0 embedded shards 0 and 2 only
+    assert merged.keys == whole.keys and merged.metas == whole.metas and merged.shard_sizes == [50, 50, 50]
+    np.testing.assert_allclose(merged.embeddings, whole.embeddings, atol=1e-6)

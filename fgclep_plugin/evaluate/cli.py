@@ -17,6 +17,7 @@ from ..cliargs import (
     parse_option,
 )
 from ..defaults import LUDB_DATA, MERL_DATA, MIN_SECONDS, SYNTH_DATA
+from ..model.device import process_index
 from .api import EvalSettings, evaluate
 from .results import format_markdown, write_results
 from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS, build_benchmark, get_task
@@ -122,6 +123,8 @@ def run_eval(args: argparse.Namespace) -> int:
         args.eval_command
     ]
     rows = evaluate(settings_from_args(args, protocols))
+    if process_index()[0] != 0:  # under a launcher every process holds the same rows: rank 0 writes them
+        return 0
     meta = {
         "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "command": "fgclep " + " ".join(sys.argv[1:])

@@ -39,7 +39,7 @@ import torch
 from ..ecgdata.manifest import file_sha256
 from ..ecgdata.reader import expand_urls
 from ..ecgdata.shards import atomic_write_bytes
-from ..model import scoring
+from ..model.gather import embed_shards_gathered
 from ..model.scoring import EmbeddedShards, LoadedModel, embed_texts, similarity
 from ..model.zeroshot import ens_prompts, ens_scores, label_targets, macro_auc, rank_auc, template_classifier
 from .tasks import Task
@@ -76,8 +76,9 @@ def embed_shards(
     progress: bool | str = True,
 ) -> EmbeddedShards:
     """:func:`fgclep_plugin.model.scoring.embed_shards` keeping each sample's label meta only, so any task's
-    targets can be derived afterwards."""
-    return scoring.embed_shards(loaded, urls, batch_size, progress, keep_meta=label_meta)
+    targets can be derived afterwards; under a launcher each process embeds its part of the shards and every
+    process gets the whole set (:mod:`fgclep_plugin.model.gather`)."""
+    return embed_shards_gathered(loaded, urls, batch_size, progress, keep_meta=label_meta)
 
 
 def task_split(shards: EmbeddedShards, task: Task, where: str = "") -> EmbeddedSplit:

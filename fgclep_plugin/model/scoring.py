@@ -207,13 +207,15 @@ def pair_cosines(
 class EmbeddedShards:
     """Every sample of a shard set embedded once, in shard order: ``embeddings [N, D]`` (normalised, float32),
     sample keys, reports and metadata (as ``embed_shards``'s ``keep_meta`` left it). ``texts`` is ``None``
-    where the reports were not kept (the evaluation's embedding cache holds keys, labels and embeddings)."""
+    where the reports were not kept (the evaluation's embedding cache holds keys, labels and embeddings).
+    ``shard_sizes``: samples per shard of ``urls``, in order (where known)."""
 
     urls: str | Sequence[str]
     embeddings: np.ndarray
     keys: list[str]
     texts: list[str] | None
     metas: list[dict[str, Any]]
+    shard_sizes: list[int] | None = None
 
 
 @contextmanager
@@ -321,4 +323,5 @@ def embed_shards(
         [keys[i] for i in idx],
         [texts[i] for i in idx],
         [metas[i] for i in idx],
+        np.bincount(pos[:, 0], minlength=len(shards)).tolist(),
     )
