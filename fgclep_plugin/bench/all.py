@@ -35,7 +35,7 @@ BENCHMARKS: tuple[tuple[str, str, list[str]], ...] = (
     ),
     (
         "evaluate",
-        "evaluation: embeddings/s, zero-shot pass",
+        "evaluation: embeddings/s, zero-shot pass and embed_shards at 0 and 2 loader workers",
         ["-m", "fgclep_plugin.bench.evaluate", "--n", "1000"],
     ),
 )

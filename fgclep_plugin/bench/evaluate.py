@@ -2,18 +2,24 @@
 10,000-ECG shard set next to the pure ECG-encoder forward on the same tensors, measured side by side in one run.
 
 The shard set is built in a temporary folder by replicating a source set (default: 500 synthetic test records
-generated there) until it holds ``--n`` ECGs, with a ``sizes.json``. Three timings on the same model and
-batches:
+generated there) until it holds ``--n`` ECGs, with a ``sizes.json``. Timings on the same model and batches:
 
 - **encoder forward**: ``model.visual(x)`` under ``torch.no_grad`` over the already transformed ECGs, in the
   same batches the zero-shot loader forms (the floor: no reading, decoding, transform or normalisation), run
-  once before and once after the zero-shot pass and averaged (the machine may be shared: both are printed);
+  before and after all passes (averaged, both printed) and right before each pass;
 - **embedding** (:func:`fgclep_plugin.model.scoring.embed_ecgs`, the one embedding path) over the same tensors:
   ECG embeddings per second;
-- **zero-shot pass** (:func:`fgclep_plugin.model.zeroshot.zero_shot_auc` on the shards): reading, decoding,
-  the model's transform, embedding, the class prompts and the macro AUC, end to end.
+- **zero-shot pass through training's loader** (:func:`fgclep_plugin.model.zeroshot.zero_shot_auc` over
+  :func:`fgclep_plugin.training.zeroshot.get_zero_shot_data`): reading, decoding, the model's transform (per
+  sample, on every torch thread where the loader has no worker: the evaluation's path before the DataLoader
+  change), embedding, the class prompts and the macro AUC, end to end;
+- **shard embedding** (:func:`fgclep_plugin.model.scoring.embed_shards`, what ``fgclep eval`` / ``retrieve`` /
+  ``figures`` run): reading, decoding and the transform in DataLoader workers, embedding, shard order restored.
 
-    python -m fgclep_plugin.bench.evaluate [--model FGCLEP-ResNet1d18-MiniLM] [--n 10000] [--batch-size 64]
+Both passes run once per ``--workers`` value (default 0 and 2). Each reports its overhead beyond the encoder
+forward run just before it, ``(pass - forward) / forward`` (the machine may be shared: the load drifts).
+
+    python -m fgclep_plugin.bench.evaluate [--model FGCLEP-ResNet1d18-MiniLM] [--n 10000] [--workers 0 2]
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ..cliargs import HelpFormatter
 from ..defaults import DEFAULT_MODEL
 from ..ecgdata.reader import expand_urls, iter_raw, iter_samples, read_sizes
 from ..ecgdata.shards import atomic_write_json
-from ..model.scoring import embed_ecgs, load_model
+from ..model.scoring import embed_ecgs, embed_shards, load_model
 from ..model.transform import ecg_to_tensor
 from ..model.zeroshot import zero_shot_auc
 from ..synth.corpus import ensure_synth_corpus
@@ -98,7 +104,7 @@ def bench(
     batch_size: int,
     source: str | None,
     label_key: str,
-    workers: int,
+    workers: list[int],
     work_dir: Path,
 ) -> dict[str, Any]:
     """Build the shard set in ``work_dir`` and time the three passes (see the module docstring)."""
@@ -133,29 +139,54 @@ def bench(
     if emb.shape[0] != total:
         raise RuntimeError(f"embedded {emb.shape[0]} ECGs, expected {total}")
 
-    data = get_zero_shot_data(urls, lm.preprocess, label_key, batch_size=batch_size, workers=workers)
-    t0 = time.perf_counter()
-    zs = zero_shot_auc(model, lm.tokenizer, data.dataloader, prompt_text=data.prompt_text)
-    zero_shot_s = time.perf_counter() - t0
-    forward_after = forward()  # the forward once more after the zero-shot pass: brackets drift in the load
+    zs: dict[str, Any] = {}
+
+    def zero_shot_pass(w: int) -> int:
+        data = get_zero_shot_data(urls, lm.preprocess, label_key, batch_size=batch_size, workers=w)
+        zs.update(zero_shot_auc(model, lm.tokenizer, data.dataloader, prompt_text=data.prompt_text))
+        return zs["n_samples"]
+
+    def shards_pass(w: int) -> int:
+        lm.workers = w
+        return len(embed_shards(lm, urls, batch_size).keys)
+
+    # each pass right after its own encoder forward: on a shared machine the load drifts between passes
+    passes = []
+    for w in workers:
+        for path, run in (
+            ("training loader zero-shot", zero_shot_pass),
+            ("scoring.embed_shards", shards_pass),
+        ):
+            fwd = forward()
+            t0 = time.perf_counter()
+            n_read = run(w)
+            s = time.perf_counter() - t0
+            if n_read != total:
+                raise RuntimeError(f"{path} pass read {n_read} ECGs, the set holds {total}")
+            passes.append(
+                {
+                    "path": path,
+                    "workers": w,
+                    "s": s,
+                    "forward_s": fwd,
+                    "ecg_per_s": total / s,
+                    "overhead": (s - fwd) / fwd,
+                }
+            )
+    forward_after = forward()
     forward_s = (forward_before + forward_after) / 2
-    if zs["n_samples"] != total:
-        raise RuntimeError(f"zero-shot pass read {zs['n_samples']} ECGs, the set holds {total}")
     return {
         "model": model_name,
         "checkpoint": checkpoint,
         "ecgs": total,
         "shards": urls.rsplit("/", 1)[-1],
         "batch_size": batch_size,
-        "loader_workers": workers,
         "forward_s": forward_s,
         "forward_runs_s": [forward_before, forward_after],
         "embed_s": embed_s,
-        "zero_shot_s": zero_shot_s,
+        "passes": passes,
         "forward_ecg_per_s": total / forward_s,
         "embed_ecg_per_s": total / embed_s,
-        "zero_shot_ecg_per_s": total / zero_shot_s,
-        "zero_shot_over_forward": zero_shot_s / forward_s,
         "embed_over_forward": embed_s / forward_s,
         "zero_shot_auc": zs["auc"],
         "classes": len(zs["per_class"]),
@@ -167,6 +198,12 @@ def bench(
 def format_result(r: dict[str, Any]) -> str:
     """The benchmark's printed report."""
     m = r["machine"]
+    passes = [
+        f"  {p['path'] + ' pass, workers ' + str(p['workers']) + ':':48s}{p['s']:7.1f} s  "
+        f"{p['ecg_per_s']:7.1f} ECG/s  (forward just before: {p['forward_s']:.1f} s; overhead beyond it "
+        f"{p['overhead']:.2f} x forward)"
+        for p in r["passes"]
+    ]
     return "\n".join(
         [
             (
@@ -176,22 +213,19 @@ def format_result(r: dict[str, Any]) -> str:
             ),
             (
                 f"{r['model']} ({r['checkpoint'] or 'untrained weights'}), {r['ecgs']} ECGs ({r['shards']}), "
-                f"batch {r['batch_size']}, fp32, loader workers {r['loader_workers']}"
+                f"batch {r['batch_size']}, fp32"
             ),
             (
                 f"  encoder forward (model.visual, tensors ready): {r['forward_s']:7.1f} s  "
-                f"{r['forward_ecg_per_s']:7.1f} ECG/s  (mean of a run before and after the zero-shot pass: "
+                f"{r['forward_ecg_per_s']:7.1f} ECG/s  (mean of a run before and after the passes: "
                 "{:.1f} s, {:.1f} s)".format(*r["forward_runs_s"])
             ),
             (
                 f"  embedding (scoring.embed_ecgs, same tensors):   {r['embed_s']:7.1f} s  "
                 f"{r['embed_ecg_per_s']:7.1f} ECG embeddings/s  ({r['embed_over_forward']:.3f} x forward)"
             ),
-            (
-                f"  full zero-shot pass over the shards:            {r['zero_shot_s']:7.1f} s  "
-                f"{r['zero_shot_ecg_per_s']:7.1f} ECG/s  ({r['zero_shot_over_forward']:.3f} x forward); "
-                f"macro AUC {r['zero_shot_auc']:.3f} over {r['classes']} classes"
-            ),
+            *passes,
+            f"  (zero-shot macro AUC {r['zero_shot_auc']:.3f} over {r['classes']} classes)",
         ]
     )
 
@@ -208,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch-size", type=int, default=64, help="ECGs per encoder batch")
     p.add_argument("--source", default=None, help="shards to replicate (default: 500 synthetic test records)")
     p.add_argument("--label-key", default="diagnoses", help="zero-shot labels in the source's json")
-    p.add_argument("--workers", type=int, default=0, help="zero-shot loader worker processes")
+    p.add_argument(
+        "--workers", type=int, nargs="+", default=[0, 2], help="loader worker processes, one pass per value"
+    )
     p.add_argument("--keep", default=None, help="build the shard set in this folder and keep it")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args(argv)

@@ -7,6 +7,9 @@ cosine of the two normalised embeddings and, with the model's SigLIP head, its s
 
 Precision is passed explicitly as open_clip's ``--precision`` name (``fp32``, ``amp``, ``amp_bf16``, ``bf16``,
 ...): the same autocast and input dtype as open_clip_train's loop (:func:`precision_context`).
+The device is chosen once, by :func:`load_model` (:func:`fgclep_plugin.model.device.choose_device`: ``auto`` =
+``cuda:LOCAL_RANK`` when CUDA is available), and shard sets are decoded and transformed by the model's
+``workers`` DataLoader processes while the encoder runs (:func:`embed_shards`).
 
 open_clip itself is imported where a model is built, not at module import: the ``fgclep`` command imports
 the evaluation modules (and so this one) to build its parser (start-up time).
