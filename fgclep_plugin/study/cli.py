@@ -57,6 +57,11 @@ def _mapping(text: str) -> tuple[float, str]:
         raise argparse.ArgumentTypeError(f"expected RATE=PATH, e.g. 0.3=data/synth, got {text!r}") from None
 
 
+def _add_per_rate(p: argparse.ArgumentParser, flag: str, what: str, help: str) -> None:
+    """A repeatable ``FLAG RATE=WHAT``: an existing input for one mention rate (a dict after :func:`_main`)."""
+    p.add_argument(flag, type=_mapping, action="append", default=[], metavar=f"RATE={what}", help=help)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/study", help="folder of every step, results.md/json and the figure")
     p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config")
@@ -82,21 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=["perfect-features"],
         help="arms trained with the injections other than append (append: every arm)",
     )
-    p.add_argument(
-        "--corpus",
-        type=_mapping,
-        action="append",
-        default=[],
-        metavar="RATE=DIR",
-        help="use this synthetic corpus for a rate (checked against its samples)",
-    )
-    p.add_argument(
-        "--stage1",
-        type=_mapping,
-        action="append",
-        default=[],
-        metavar="RATE=CKPT",
-        help="use this stage-1 checkpoint for a rate (trained with --epochs epochs)",
+    _add_per_rate(p, "--corpus", "DIR", "use this synthetic corpus for a rate (checked against its samples)")
+    _add_per_rate(
+        p, "--stage1", "CKPT", "use this stage-1 checkpoint for a rate (trained with --epochs epochs)"
     )
     g = p.add_argument_group("corpus and stage 1 (the demo's settings)")
     g.add_argument("--train", type=int, default=4000, help="training records")
