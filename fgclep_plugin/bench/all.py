@@ -38,6 +38,11 @@ BENCHMARKS: tuple[tuple[str, str, list[str]], ...] = (
         "evaluation: embeddings/s, zero-shot pass and embed_shards at 0 and 2 loader workers",
         ["-m", "fgclep_plugin.bench.evaluate", "--n", "1000"],
     ),
+    (
+        "classify",
+        "fgclep classify: records/s on WFDB + .npy files",
+        ["-m", "fgclep_plugin.bench.classify", "--n", "60", "--model", "FGCLEP-Tiny"],
+    ),
 )
 
 
