@@ -203,4 +203,5 @@ def test_bench_table_names_every_benchmark_and_its_failures():
         "train",
         "validate",
         "evaluate",
+        "classify",
     }
