@@ -12,11 +12,9 @@ import shutil
 import sys
 import tarfile
 import threading
-import warnings
 from pathlib import Path
 
 import pytest
-import torch
 
 from fgclep_plugin.cli import main
 from fgclep_plugin.ecgdata.opener import MissingFilesystem, open_url
@@ -96,20 +94,6 @@ def served(tmp_path_factory) -> tuple[Path, str]:
     yield folder, f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
     thread.join()
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> str:
-    """Fixed FGCLEP-Tiny weights, so the local and the remote augment run score with the same model."""
-    from fgclep_plugin.model.scoring import load_model
-
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        lm = load_model("FGCLEP-Tiny")
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save(lm.model.state_dict(), path)
-    return str(path)
 
 
 def _run(capsys, argv: list[str]) -> str:
