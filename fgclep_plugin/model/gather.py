@@ -7,38 +7,41 @@ it is :func:`~.scoring.embed_shards` itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..ecgdata.reader import expand_urls
 from .device import process_index, process_part
-from .scoring import EmbeddedShards, LoadedModel, embed_shards
+from .scoring import EmbeddedShards, LoadedModel, embed_shards, in_shard_order
 
 
 def merge_parts(urls: str | Sequence[str], parts: Sequence[EmbeddedShards]) -> EmbeddedShards:
     """One :class:`EmbeddedShards` in shard order from the parts of processes ``0 .. n-1`` (process ``r``
     embedded shards ``r, r + n, ...``, each part with its ``shard_sizes``)."""
     n = len(parts)
-    total = sum(len(p.shard_sizes or ()) for p in parts)
-    rows: list[tuple[int, int]] = []  # (part, row in the part) of every sample, in shard order
-    start = [0] * n
-    for k in range(total):
-        r = k % n
-        size = parts[r].shard_sizes[k // n]
-        rows += [(r, start[r] + i) for i in range(size)]
-        start[r] += size
-    if not rows:
+    where = [  # (shard number, sample number) of every row of every part, parts in rank order
+        (r + j * n, i)
+        for r, p in enumerate(parts)
+        for j, size in enumerate(p.shard_sizes or ())
+        for i in range(size)
+    ]
+    if not where:
         raise ValueError(f"no samples in {urls}")
-    keep_texts = all(p.texts is not None for p in parts)
-    return EmbeddedShards(
+    full = [p for p in parts if p.keys]  # a process without shards holds a (0, 0) embedding array
+
+    def joined(field: str) -> list[Any]:
+        return [x for p in full for x in getattr(p, field)]
+
+    return in_shard_order(
         urls,
-        np.stack([parts[r].embeddings[i] for r, i in rows]),
-        [parts[r].keys[i] for r, i in rows],
-        [parts[r].texts[i] for r, i in rows] if keep_texts else None,
-        [parts[r].metas[i] for r, i in rows],
-        [parts[k % n].shard_sizes[k // n] for k in range(total)],
+        np.array(where),
+        np.concatenate([p.embeddings for p in full]),
+        joined("keys"),
+        joined("texts") if all(p.texts is not None for p in parts) else None,
+        joined("metas"),
+        sum(len(p.shard_sizes or ()) for p in parts),
     )
 
 
@@ -54,20 +57,16 @@ def all_gather(part: EmbeddedShards) -> list[EmbeddedShards]:
 
 
 def embed_shards_gathered(
-    loaded: LoadedModel,
-    urls: str | Sequence[str],
-    batch_size: int = 64,
-    progress: bool | str = False,
-    keep_meta: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    loaded: LoadedModel, urls: str | Sequence[str], *args: Any, **kw: Any
 ) -> EmbeddedShards:
-    """:func:`~.scoring.embed_shards` of ``urls`` split over the launcher's processes and gathered (module
-    docstring); every process returns the whole set in shard order."""
+    """:func:`~.scoring.embed_shards` (the same arguments) of ``urls`` split over the launcher's processes and
+    gathered (module docstring); every process returns the whole set in shard order."""
     rank, world = process_index()
     if world == 1:
-        return embed_shards(loaded, urls, batch_size, progress, keep_meta)
+        return embed_shards(loaded, urls, *args, **kw)
     mine = process_part(expand_urls(urls), rank, world)
     part = (
-        embed_shards(loaded, mine, batch_size, progress, keep_meta)
+        embed_shards(loaded, mine, *args, **kw)
         if mine
         else EmbeddedShards(mine, np.zeros((0, 0), np.float32), [], [], [], [])
     )

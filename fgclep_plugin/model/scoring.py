@@ -221,6 +221,29 @@ class EmbeddedShards:
     shard_sizes: list[int] | None = None
 
 
+def in_shard_order(
+    urls: str | Sequence[str],
+    where: np.ndarray,
+    embeddings: np.ndarray,
+    keys: Sequence[str],
+    texts: Sequence[str] | None,
+    metas: Sequence[dict[str, Any]],
+    n_shards: int,
+) -> EmbeddedShards:
+    """The samples whose ``where [N, 2]`` rows are (shard number, sample number in the shard), in any order,
+    as one :class:`EmbeddedShards` in shard order with the samples per shard of shards ``0 .. n_shards-1``:
+    what :func:`embed_shards` (workers interleave) and :func:`~.gather.merge_parts` (processes) both need."""
+    idx = np.lexsort((where[:, 1], where[:, 0]))  # by shard number, then sample number
+    return EmbeddedShards(
+        urls,
+        embeddings[idx],
+        [keys[i] for i in idx],
+        None if texts is None else [texts[i] for i in idx],
+        [metas[i] for i in idx],
+        np.bincount(where[:, 0], minlength=n_shards).tolist(),
+    )
+
+
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """torch on one thread inside: per-sample transforms are small ops that lose to the thread pool's start-up
@@ -318,13 +341,4 @@ def embed_shards(
     emb = embed_ecgs(loaded.model, batches(), loaded.device, loaded.precision, progress=progress, total=total)
     if not keys:
         raise ValueError(f"no samples in {urls}")
-    pos = torch.cat(order).numpy()
-    idx = np.lexsort((pos[:, 1], pos[:, 0]))  # back to shard order: by shard number, then sample number
-    return EmbeddedShards(
-        urls,
-        emb.numpy()[idx],
-        [keys[i] for i in idx],
-        [texts[i] for i in idx],
-        [metas[i] for i in idx],
-        np.bincount(pos[:, 0], minlength=len(shards)).tolist(),
-    )
+    return in_shard_order(urls, torch.cat(order).numpy(), emb.numpy(), keys, texts, metas, len(shards))
