@@ -26,6 +26,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from ..model.scoring import one_thread
 from ..model.zeroshot import macro_auc, rank_auc
 from .zeroshot import EmbeddedSplit, auc_summary
 
@@ -65,52 +66,38 @@ def train_head(
 
     Runs on one thread: for a head this small, thread hand-offs cost more than the arithmetic (12x slower
     on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _train_head(x, y, monitor, config, seed)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _train_head(
-    x: np.ndarray,
-    y: np.ndarray,
-    monitor: dict[str, tuple[np.ndarray, np.ndarray]],
-    config: ProbeConfig,
-    seed: int,
-) -> tuple[dict[str, list[float]], list[tuple[np.ndarray, np.ndarray]]]:
-    g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    head = torch.nn.Linear(x.shape[1], y.shape[1])
-    if config.zero_init:
-        torch.nn.init.zeros_(head.weight)
-        torch.nn.init.zeros_(head.bias)
-    opt = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = (
-        torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[40], gamma=0.1)
-        if config.merl_schedule
-        else None
-    )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-    history: dict[str, list[float]] = {name: [] for name in monitor}
-    states = []
-    for _ in range(config.epochs):
-        head.train()
-        for idx in torch.randperm(len(xt), generator=g).split(config.batch_size):
-            opt.zero_grad()
-            loss_fn(head(xt[idx]), yt[idx]).backward()
-            opt.step()
+    with one_thread():
+        g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(x.shape[1], y.shape[1])
+        if config.zero_init:
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
+        opt = torch.optim.Adam(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        sched = (
+            torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[40], gamma=0.1)
+            if config.merl_schedule
+            else None
+        )
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+        history: dict[str, list[float]] = {name: [] for name in monitor}
+        states = []
+        for _ in range(config.epochs):
+            head.train()
+            for idx in torch.randperm(len(xt), generator=g).split(config.batch_size):
+                opt.zero_grad()
+                loss_fn(head(xt[idx]), yt[idx]).backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
             if sched is not None:
                 sched.step()
-        if sched is not None:
-            sched.step()
-        w, b = head.weight.detach().numpy().copy(), head.bias.detach().numpy().copy()
-        states.append((w, b))
-        for name, (mx, my) in monitor.items():
-            history[name].append(macro(rank_auc(mx @ w.T + b, my)))
-    return history, states
+            w, b = head.weight.detach().numpy().copy(), head.bias.detach().numpy().copy()
+            states.append((w, b))
+            for name, (mx, my) in monitor.items():
+                history[name].append(macro(rank_auc(mx @ w.T + b, my)))
+        return history, states
 
 
 def subset(n: int, fraction: float, seed: int, merl: bool) -> np.ndarray:

@@ -245,10 +245,10 @@ def in_shard_order(
 
 
 @contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one thread inside: per-sample transforms are small ops that lose to the thread pool's start-up
-    and to contention on a busy machine (measured: 86 ms per ECG at 2 threads, 1.8 ms at 1). DataLoader
-    workers already run on one thread."""
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside, for small ops that lose to the thread pool's start-up and to contention on
+    a busy machine: per-sample transforms (measured: 86 ms per ECG at 2 threads, 1.8 ms at 1; DataLoader
+    workers already run on one thread) and the linear probe's head."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -277,7 +277,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
         )
 
     def _batch(self, samples: list[tuple[int, int, dict[str, Any]]]) -> tuple:
-        with _one_thread():
+        with one_thread():
             ecgs = torch.stack([ecg_to_tensor(s["ecg"], self.preprocess) for _, _, s in samples])
         keep = self.keep_meta or (lambda meta: meta)
         return (
