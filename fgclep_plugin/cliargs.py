@@ -65,6 +65,11 @@ def parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), parsed
 
 
+def options(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """``{name: args.name}`` of each of ``names``: the parsed options a command passes on under their own names."""
+    return {name: getattr(args, name) for name in names}
+
+
 def parse_checkpoint_path(text: str) -> str | None:
     """A checkpoint path, or ``none`` -> None (the model's random initial weights, asked for explicitly)."""
     return None if text == "none" else text

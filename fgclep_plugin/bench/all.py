@@ -108,13 +108,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r["rc"] for r in rows) else 0
 
 
+HELP = "run every benchmark (quick settings) and print one table with the machine's description"
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep bench``."""
-    p = add_command(
-        sub,
-        "bench",
-        "run every benchmark (quick settings) and print one table with the machine's description",
-        __doc__,
-    )
+    p = add_command(sub, "bench", HELP, __doc__)
     p.add_argument("--only", nargs="+", choices=[b[0] for b in BENCHMARKS], help="run only these benchmarks")
     p.set_defaults(func=run)

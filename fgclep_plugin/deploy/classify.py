@@ -46,6 +46,7 @@ from ..cliargs import (
     add_model_arguments,
     add_out_argument,
     add_seed_argument,
+    options,
     parse_checkpoint_path,
 )
 from ..defaults import DEFAULT_MODEL, MERL_DATA, MIN_SECONDS
@@ -372,6 +373,13 @@ def as_text(results: Sequence[FileResult], info: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
+SAME_NAMED_OPTIONS = (
+    "model", "checkpoint", "task", "prompts", "features", "top", "fs", "batch_size", "device", "precision", "seed",
+    "task_data",
+)  # fmt: skip
+"""The options ``fgclep classify`` passes on to :func:`classify` under their own names."""
+
+
 def run(args: argparse.Namespace) -> int:
     """``fgclep classify``: exit 1 when no file was classified."""
     leads = [s.strip() for s in args.leads.split(",") if s.strip()] if args.leads else None
@@ -379,21 +387,10 @@ def run(args: argparse.Namespace) -> int:
     info: dict[str, Any] = {}
     results = classify(
         args.files,
-        model=args.model,
-        checkpoint=args.checkpoint,
         classes=classes,
-        task=args.task,
-        prompts=args.prompts,
-        features=args.features,
-        top=args.top,
-        fs=args.fs,
         leads=leads,
-        batch_size=args.batch_size,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-        task_data=args.task_data,
         info=info,
+        **options(args, *SAME_NAMED_OPTIONS),
     )
     for r in results:
         if not r.ok:
@@ -412,19 +409,19 @@ def run(args: argparse.Namespace) -> int:
     return 0 if n_ok else 1
 
 
+HELP = "class probabilities (and top waveform-feature phrases) of ECG files: WFDB, Challenge .mat, .npy"
+
+EXAMPLES = """\
+examples:
+  fgclep classify ludb/data/1.hea cinc2021/E07500.mat --model FGCLEP-ResNet1d18-MiniLM \\
+      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --classes 'sinus rhythm,atrial fibrillation'
+  fgclep classify rec.npy --fs 250 --leads I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6 --checkpoint C \\
+      --task ludb-rhythm --features --top 5 --json --out rec.json"""
+
+
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep classify``."""
-    p = add_command(
-        sub,
-        "classify",
-        "class probabilities (and top waveform-feature phrases) of ECG files: WFDB, Challenge .mat, .npy",
-        __doc__,
-        epilog="examples:\n"
-        "  fgclep classify ludb/data/1.hea cinc2021/E07500.mat --model FGCLEP-ResNet1d18-MiniLM \\\n"
-        "      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --classes 'sinus rhythm,atrial fibrillation'\n"
-        "  fgclep classify rec.npy --fs 250 --leads I,II,III,aVR,aVL,aVF,V1,V2,V3,V4,V5,V6 --checkpoint C \\\n"
-        "      --task ludb-rhythm --features --top 5 --json --out rec.json",
-    )
+    p = add_command(sub, "classify", HELP, __doc__, epilog=EXAMPLES)
     p.add_argument("files", nargs="+", metavar="FILE", help="ECG files: rec.hea (or rec), rec.mat, x.npy")
     add_model_arguments(p)
     which = p.add_mutually_exclusive_group()

@@ -109,12 +109,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def add_cli(sub: argparse._SubParsersAction) -> None:
     """``fgclep info`` and ``fgclep show``."""
-    p = add_command(
-        sub,
-        "info",
-        "what a shard set holds: sources, reports, labels",
-        summarize.__doc__,
-    )
+    p = add_command(sub, "info", "what a shard set holds: sources, reports, labels", summarize.__doc__)
     add_data_argument(p, "shards, e.g. 'shards/ludb/ludb-train-{000000..000002}.tar'", positional_alias=True)
     p.add_argument("--label-key", default=None, help="count the classes in json labels[KEY] (e.g. diagnoses)")
     p.add_argument("--top", type=int, default=15, help="how many reports / labels to list")
