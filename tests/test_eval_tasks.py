@@ -162,3 +162,51 @@ def test_synth_task_reads_an_existing_corpus_as_it_is(tmp_path):
     assert len(samples) == 5
     assert {s["meta"]["synth"]["p_mention"] for s in samples} == {0.6}
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.tar")} == before
+
+
+@pytest.fixture
+def memory_folder():
+    """A folder of fsspec's in-memory filesystem (a remote store without a server): ``(fs, URL)``."""
+    import uuid
+
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    root = f"/eval-tasks-{uuid.uuid4().hex}"
+    yield fs, f"memory://{root}"
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def test_tasks_over_urls_read_through_the_opener(memory_folder, tmp_path, monkeypatch):
+    """A data folder given as a URL: shard names joined with ``/`` (pathlib made ``http://`` ``http:/``),
+    ``tasks.json`` and the corpus's ``sizes.json`` read through the opener, nothing written locally."""
+    from fgclep_plugin.synth.corpus import generate_corpus
+
+    fs, base = memory_folder
+    monkeypatch.chdir(tmp_path)  # a URL taken for a local folder would appear here
+    ludb = get_task("ludb-rhythm", "http://example.org/shards/ludb/")
+    assert ludb.urls("test") == "http://example.org/shards/ludb/ludb-test-000000.tar"
+    assert ludb.urls("train") == "http://example.org/shards/ludb/ludb-train-{000000..000001}.tar"
+
+    local = tmp_path / "corpus"
+    generate_corpus(local, {"train": 6, "val": 4, "test": 5}, maxcount=4)
+    fs.put(str(local), base.removeprefix("memory://"), recursive=True)
+    task = get_task("synth-diagnosis", f"{base}/")
+    assert task.urls("test") == f"{base}/test/synth-test-{{000000..000001}}.tar"
+    assert {s: u.replace(base, str(local)) for s, u in task.splits.items()} == get_task(
+        "synth-diagnosis", local
+    ).splits
+    assert [s["__key__"] for s in iter_samples(task.urls("test"))] == [
+        s["__key__"] for s in iter_samples(get_task("synth-diagnosis", local).urls("test"))
+    ]
+    with pytest.raises(FileNotFoundError, match="generated only in a local folder"):
+        get_task("synth-feature", f"{base}/nothing-here")
+
+    with pytest.raises(FileNotFoundError, match=rf"{base}/ptbxl/tasks.json not found.*fgclep eval build"):
+        get_task("ptbxl-form", base)
+    spec = {"label_key": "merl_ptbxl_form", "class_names": ["NDT"], "prompts": {}, "ckepe": {"NDT": "x"},
+            "splits": {"test": "ptbxl-test-{000000..000001}.tar"}, "description": "d"}  # fmt: skip
+    fs.pipe(f"{base.removeprefix('memory://')}/ptbxl/tasks.json", json.dumps({"ptbxl-form": spec}).encode())
+    assert get_task("ptbxl-form", base).urls("test") == f"{base}/ptbxl/ptbxl-test-{{000000..000001}}.tar"
+    assert list(tmp_path.iterdir()) == [local]

@@ -209,3 +209,34 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_records(
         widths.append(hi - lo)
         assert bootstrap_interval(scores, targets, n=300, seed=0) == (lo, hi)  # seeded
     assert widths[1] < widths[0] / 3  # ~ 1/sqrt(30) of the width
+
+
+def test_shard_identities_local_file_urls_and_remote_without_validators(tmp_path):
+    """Local shards keep their (real path, size, mtime_ns) identity, a ``file:`` URL names the same file; a
+    ``pipe:`` command or a remote store reporting no ETag / modification time gets no disk-cache key."""
+    import types
+    import uuid
+
+    import fsspec
+
+    from fgclep_plugin.evaluate.zeroshot import shard_files, shards_cache_key
+
+    path = LUDB_SHARDS / "ludb-test-000000.tar"
+    st = path.stat()
+    local = [(str(path.resolve()), st.st_size, st.st_mtime_ns)]
+    assert shard_files(str(path)) == shard_files(f"file://{path}") == local
+    checkpoint = tiny_checkpoint(tmp_path / "c.pt")
+    loaded = types.SimpleNamespace(checkpoint=checkpoint, name=MODEL, precision="fp32")
+    assert shards_cache_key(loaded, str(path)) == shards_cache_key(loaded, f"file:{path}") is not None
+
+    fs, root = fsspec.filesystem("memory"), f"/zeroshot-{uuid.uuid4().hex}"
+    fs.pipe(f"{root}/s-000000.tar", path.read_bytes())  # memory files report a size, no validator
+    try:
+        remote = f"memory://{root}/s-000000.tar"
+        assert shard_files(remote) == [(remote, st.st_size, None)]
+        assert shard_files(f"memory://{root}/gone.tar") == [(f"memory://{root}/gone.tar", None, None)]
+        assert shards_cache_key(loaded, remote) is None
+        assert shards_cache_key(loaded, f"pipe:cat {path}") is None
+        assert shards_cache_key(loaded, f"{path}::{remote}") is None  # one shard without identity: no key
+    finally:
+        fs.rm(root, recursive=True)

@@ -29,11 +29,6 @@ SMALL = "small/s-{000000..000002}.tar"  # 3 shards of 4 LUDB samples (their own 
 AUGMENT_LOCAL_ONLY = pytest.mark.xfail(
     strict=True, reason="augment/rewrite.py: 'input shard not found' is an os.path.isfile check"
 )
-# evaluate.tasks.ludb_task joins the data folder with pathlib (http:// becomes http:/), and
-# evaluate.zeroshot.shard_files os.stat()s every shard for the embedding memo (other owners)
-EVAL_LOCAL_ONLY = pytest.mark.xfail(
-    strict=True, reason="evaluate/tasks.py: Path(folder) / name; evaluate/zeroshot.py shard_files: os.stat"
-)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -155,19 +150,32 @@ def test_show_and_retrieve_on_http_equal_local(served, capsys, tmp_path):
     assert key in remote and "12 ECGs" in remote and remote == retrieve(str(folder / SMALL))
 
 
-@EVAL_LOCAL_ONLY
-def test_eval_zeroshot_on_http_equals_local(served, capsys, tmp_path):
+def test_eval_zeroshot_on_http_equals_local(served, capsys, tmp_path, ckpt):
+    from fgclep_plugin.evaluate.zeroshot import clear_memo, shard_files
+
     folder, base = served
 
-    def rows(data: str, out: Path) -> list[dict]:
-        _run(capsys, ["eval", "zeroshot", "--model", "FGCLEP-Tiny", "--checkpoint", "none", "--task",
-                      "ludb-rhythm", "--ludb-data", data, "--no-cache", "--bootstrap", "20", "--quiet",
-                      "--out", str(out)])  # fmt: skip
+    def rows(data: str, out: Path, checkpoint: str = "none", cache: list[str] | None = None) -> list[dict]:
+        _run(capsys, ["eval", "zeroshot", "--model", "FGCLEP-Tiny", "--checkpoint", checkpoint, "--task",
+                      "ludb-rhythm", "--ludb-data", data, *(cache or ["--no-cache"]), "--bootstrap", "20",
+                      "--quiet", "--out", str(out)])  # fmt: skip
         return json.loads((out / "results.json").read_text())["rows"]
 
     remote, local = rows(base, tmp_path / "remote"), rows(str(folder), tmp_path / "local")
     assert len(remote) == len(local) > 0
     assert remote == local
+    # the embedding cache of remote shards is keyed by URL + the size and Last-Modified the server reports
+    ((url, size, validators),) = shard_files(f"{base}/ludb-test-000000.tar")
+    assert url == f"{base}/ludb-test-000000.tar" and "Last-Modified" in validators
+    assert size == (folder / "ludb-test-000000.tar").stat().st_size
+    cache = tmp_path / "cache"
+    first = rows(base, tmp_path / "c1", ckpt, ["--cache", str(cache)])
+    (entry,) = cache.glob("ludb-test-000000-*.npz")
+    stamp = entry.stat().st_mtime_ns
+    clear_memo()
+    assert rows(base, tmp_path / "c2", ckpt, ["--cache", str(cache)]) == first  # read from the cache
+    assert entry.stat().st_mtime_ns == stamp and list(cache.iterdir()) == [entry]
+    assert first == rows(str(folder), tmp_path / "c3", ckpt)
 
 
 @AUGMENT_LOCAL_ONLY

@@ -12,6 +12,11 @@ Embedded tasks: the synthetic corpus (``synth-diagnosis`` and ``synth-feature``,
 of PTB-XL form; labels are the generator's ground truth) and LUDB (``ludb-rhythm`` / ``-axis`` /
 ``-conduction`` / ``-hypertrophy`` from the ``ludb.csv`` columns the LUDB shards carry; test = records 151-200,
 train = 1-100, val = 101-150).
+
+A task's data folder may be a local path or a URL the shard opener reads (``http(s)://``, ``s3://``, ``gs://``,
+``hf://``, ``file:``; :mod:`fgclep_plugin.ecgdata.opener`): shard names are joined to a URL with ``/``, and
+``tasks.json`` and the synthetic corpus's ``sizes.json`` files are read through the opener. A synthetic corpus is
+generated on first use only in a local folder; a remote one must already hold every split.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ecgdata.labels import labels_from_meta
+from ..ecgdata.opener import local_path, read_optional
 from ..ecgdata.records import EcgRecord, RejectError
 from ..ecgdata.shards import atomic_write_json, write_shards
 from ..ecgdata.sources import make_source
@@ -270,6 +276,20 @@ def build_benchmark(
 
 # ------------------------------------------------------------------------------------------ embedded tasks
 
+
+def is_url(folder: str | Path) -> bool:
+    """True if ``folder`` is a URL (``scheme://...``) rather than a local path."""
+    return "://" in str(folder)
+
+
+def folder_url(folder: str | Path, *names: str) -> str:
+    """``folder/names...``: pathlib for a local folder (as it always was), ``/`` for a URL (pathlib would turn
+    ``http://host`` into ``http:/host``)."""
+    if is_url(folder):
+        return "/".join([str(folder).rstrip("/"), *names])
+    return str(Path(folder, *names))
+
+
 LUDB_TASKS = {
     "ludb-rhythm": "Rhythms",
     "ludb-axis": "Electric axis of the heart",
@@ -332,8 +352,7 @@ def _ludb_axis_words(name: str) -> str:
 
 
 def ludb_task(name: str, folder: str | Path = "shards/ludb") -> Task:
-    """LUDB task ``name`` over the shipped LUDB shards in ``folder``."""
-    folder = Path(folder)
+    """LUDB task ``name`` over the shipped LUDB shards in ``folder`` (a local folder or a URL)."""
     classes = LUDB_CLASSES[name]
     axis = name == "ludb-axis"
     return Task(
@@ -341,9 +360,9 @@ def ludb_task(name: str, folder: str | Path = "shards/ludb") -> Task:
         label_key=LUDB_TASKS[name],
         class_names=classes,
         splits={
-            "train": str(folder / "ludb-train-{000000..000001}.tar"),
-            "val": str(folder / "ludb-train-000002.tar"),
-            "test": str(folder / "ludb-test-000000.tar"),
+            "train": folder_url(folder, "ludb-train-{000000..000001}.tar"),
+            "val": folder_url(folder, "ludb-train-000002.tar"),
+            "test": folder_url(folder, "ludb-test-000000.tar"),
         },
         prompts={c: _ludb_axis_words(c) if axis else LUDB_WORDS.get(c, c.lower()) for c in classes},
         description=f"LUDB ludb.csv column {LUDB_TASKS[name]!r}; test = records 151-200",
@@ -351,10 +370,34 @@ def ludb_task(name: str, folder: str | Path = "shards/ludb") -> Task:
     )
 
 
+def remote_corpus_urls(folder: str) -> dict[str, str]:
+    """:func:`fgclep_plugin.synth.corpus.existing_corpus_urls` of a corpus at URL ``folder`` (each split's
+    ``sizes.json`` read through the opener); ``FileNotFoundError`` naming the first split missing or empty
+    (a corpus is generated only in a local folder)."""
+    urls = {}
+    for split in SPLITS:
+        sizes_url = folder_url(folder, split, "sizes.json")
+        data = read_optional(sizes_url)
+        n = len(json.loads(data)) if data is not None else 0
+        if n == 0:
+            raise FileNotFoundError(
+                f"synthetic corpus: {sizes_url} is missing or empty; a corpus is generated only in a local "
+                "folder: generate it there (fgclep eval ... --synth-data LOCAL_FOLDER) and serve that folder"
+            )
+        urls[split] = folder_url(folder, split, f"synth-{split}-{{000000..{n - 1:06d}}}.tar")
+    return urls
+
+
 def synth_task(name: str, folder: str | Path = "data/synth") -> Task:
     """``synth-diagnosis`` / ``synth-feature`` over the synthetic corpus in ``folder``: a corpus already there
-    is read as it is (any size or mention rate: never regenerated with the defaults); generated if missing."""
-    urls = existing_corpus_urls(folder) or ensure_synth_corpus(folder)
+    is read as it is (any size or mention rate: never regenerated with the defaults); generated if missing and
+    ``folder`` is local (a URL must hold the whole corpus: :func:`remote_corpus_urls`)."""
+    local = local_path(str(folder))  # a path as it is; a file: URL's folder; None for a remote URL
+    urls = (
+        remote_corpus_urls(str(folder))
+        if local is None
+        else existing_corpus_urls(local) or ensure_synth_corpus(local)
+    )
     if name == "synth-diagnosis":
         key, prompts = "diagnoses", {k: v["phrases"][0] for k, v in DIAGNOSES.items()}
         what = "the generator's diagnoses (ground truth)"
@@ -369,20 +412,22 @@ ALL_TASKS = (*MERL_TASKS, *EMBEDDED_TASKS)
 
 
 def merl_task(name: str, folder: str | Path = "shards/merl") -> Task:
-    """MERL task ``name`` from the ``tasks.json`` that :func:`build_benchmark` wrote under ``folder``."""
+    """MERL task ``name`` from the ``tasks.json`` that :func:`build_benchmark` wrote under ``folder`` (a local
+    folder or a URL: the file is read through the opener, the shard names joined to ``folder``)."""
     dataset = MERL_TASKS[name].dataset
-    path = Path(folder) / dataset / "tasks.json"
-    if not path.is_file():
+    path = folder_url(folder, dataset, "tasks.json")
+    data = read_optional(path)
+    if data is None:
         raise FileNotFoundError(
             f"task {name}: {path} not found; build it first: fgclep eval build {dataset} --root RAW_{dataset.upper()}"
             f" --benchmarks MERL_TABLES --out {folder}"
         )
-    spec = json.loads(path.read_text())[name]
+    spec = json.loads(data)[name]
     return Task(
         name=name,
         label_key=spec["label_key"],
         class_names=tuple(spec["class_names"]),
-        splits={s: str(path.parent / u) for s, u in spec["splits"].items()},
+        splits={s: folder_url(folder, dataset, u) for s, u in spec["splits"].items()},
         prompts=spec["prompts"],
         ckepe=spec["ckepe"],
         description=spec["description"],

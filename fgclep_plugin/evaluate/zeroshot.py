@@ -18,7 +18,9 @@ Embeddings are computed at the loaded model's precision (``load_model(..., preci
 
 Embeddings are computed once per (checkpoint, shard set), whatever the number of tasks reading those shards
 (:func:`cached_shards`: an in-process memo per model and an ``.npz`` cache keyed by checkpoint hash, model and
-shard files); each task's targets come afterwards from the samples' stored ``labels`` (:func:`task_split`).
+shard identities: local path, size and mtime; a remote shard's URL with the size and ETag / Last-Modified its
+server reports, no disk cache when it reports none); each task's targets come afterwards from the samples'
+stored ``labels`` (:func:`task_split`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from ..ecgdata.manifest import file_sha256
+from ..ecgdata.opener import local_path
 from ..ecgdata.reader import expand_urls
 from ..ecgdata.shards import atomic_write_bytes
 from ..model.gather import embed_shards_gathered
@@ -115,29 +118,79 @@ def embed_split(
     return task_split(shards, task, str(urls))
 
 
-def shard_files(urls: str | Sequence[str]) -> list[tuple[str, int, int]]:
-    """``(real path, size, mtime_ns)`` of every shard of ``urls``: the identity of a shard set."""
-    out = []
+# What fsspec filesystems report that changes when an object's content does (HTTP response headers, S3, GCS,
+# the Hugging Face hub, local-like filesystems): the validators of a remote shard's identity.
+REMOTE_VALIDATORS = (
+    "ETag", "Content-MD5", "Digest", "Last-Modified",  # http(s)
+    "LastModified", "VersionId",  # s3
+    "etag", "md5Hash", "crc32c", "generation", "updated",  # gcs
+    "blob_id", "lfs", "last_commit",  # hf
+    "mtime", "checksum",
+)  # fmt: skip
+
+# (local real path, size, mtime_ns) or (URL, size or None, validators or None): see shard_files
+ShardIdentity = tuple[str, int | None, int | dict[str, str] | None]
+
+
+def remote_identity(url: str) -> ShardIdentity:
+    """``(url, size, validators)`` of a remote shard from the one metadata request fsspec's ``info`` makes
+    (HTTP: a HEAD): ``validators`` are the fields of :data:`REMOTE_VALIDATORS` it reports, as strings; ``None``
+    (no disk cache) when it reports none, or when the request fails (reading the shard then raises the error
+    naming the URL)."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+    except (ImportError, ValueError, OSError):
+        return (url, None, None)
+    found = {k: str(info[k]) for k in REMOTE_VALIDATORS if info.get(k) not in (None, "")}
+    size = info.get("size")
+    return (url, int(size) if size is not None else None, found or None)
+
+
+def shard_files(urls: str | Sequence[str]) -> list[ShardIdentity]:
+    """The identity of a shard set, one entry per shard of ``urls``:
+
+    - a local file (a path or a ``file:`` URL): ``(real path, size, mtime_ns)``;
+    - a remote URL (``http(s)://``, ``s3://``, ...): ``(url, size, validators)``, :func:`remote_identity`: the
+      size and ETag / Last-Modified / content hash the filesystem reports (one metadata request per shard, no
+      download). A validator is only as fine as the server makes it (HTTP ``Last-Modified`` has 1 s
+      resolution), as mtime is for a local file;
+    - a ``pipe:`` command, or a remote URL reporting no validator: ``(url, None, None)``: never cached on disk
+      (:func:`shards_cache_key` is ``None``), only remembered by URL in this process (:func:`cached_shards`).
+    """
+    out: list[ShardIdentity] = []
     for u in expand_urls(urls):
-        st = os.stat(u)
-        out.append((os.path.realpath(u), st.st_size, st.st_mtime_ns))
+        path = local_path(u)
+        if path is not None:
+            st = os.stat(path)
+            out.append((os.path.realpath(path), st.st_size, st.st_mtime_ns))
+        elif u.startswith("pipe:"):
+            out.append((u, None, None))
+        else:
+            out.append(remote_identity(u))
     return out
 
 
 def shards_cache_key(
-    loaded: LoadedModel, urls: str | Sequence[str], files: list[tuple[str, int, int]] | None = None
+    loaded: LoadedModel, urls: str | Sequence[str], files: list[ShardIdentity] | None = None
 ) -> str | None:
-    """Key of an embedding cache entry: checkpoint hash + model + precision + shard files (path, size, mtime),
-    the same for every task reading those shards; ``None`` without a checkpoint (random weights are not
-    reproducible)."""
+    """Key of an embedding cache entry: checkpoint hash + model + precision + shard identities
+    (:func:`shard_files`: local path, size, mtime; remote URL, size, validators), the same for every task
+    reading those shards; ``None`` without a checkpoint (random weights are not reproducible) or when a shard
+    has no identity (a ``pipe:`` command, a remote URL whose server reports no validator)."""
     if loaded.checkpoint is None:
+        return None
+    files = shard_files(urls) if files is None else files
+    if any(validator is None for _, _, validator in files):
         return None
     spec = {
         "format": "shards-v2",
         "checkpoint_sha256": file_sha256(loaded.checkpoint),
         "model": loaded.name,
         "precision": loaded.precision,
-        "shards": shard_files(urls) if files is None else files,
+        "shards": files,
     }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -163,9 +216,9 @@ def cached_shards(
     batch_size: int = 64,
     progress: bool | str = True,
 ) -> EmbeddedShards:
-    """:func:`embed_shards`, once per (model, shard files) in this process, and read from / written to
+    """:func:`embed_shards`, once per (model, shard identities) in this process, and read from / written to
     ``cache_dir`` (one atomic ``.npz`` per checkpoint x shard set, no pickles; it keeps keys, label metas and
-    embeddings, not the reports) when given."""
+    embeddings, not the reports) when given and the shards have a cache key (:func:`shards_cache_key`)."""
     files = shard_files(urls)
     memo = _MEMO.setdefault(loaded.model, {})
     ident = json.dumps(files)
