@@ -178,6 +178,9 @@ def add_device_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, de
     p.add_argument("--device", default=default, help="torch device, e.g. cpu or cuda:0")
 
 
+SYNTH_FEATURES = "synth-features"
+"""A ``--prompts`` value: the simulator's canonical feature phrases as the classes' query texts."""
+
 EMBED_PRECISIONS = ("fp32", "amp", "amp_bf16")
 """``--precision`` of the embedding commands (open_clip names; ``bf16``/``fp16`` cast only Conv/Linear weights)."""
 

@@ -1,14 +1,9 @@
-"""Evaluation figures: t-SNE of ECG embeddings coloured by label (the paper's Figure 4) and the semantic
-similarity matrix ``S_ij = cos(t_i, t_j)`` of a batch of reports (Figure 3: a random batch and a
-normal-vs-abnormal batch), the matrix FNM's target is made of.
-
-t-SNE is scikit-learn's (``init="pca"``, seeded: the same seed gives the same map). Each ECG takes one colour:
-its most specific label, i.e. the one of its labels that is rarest in the set ("sinus rhythm, normal ECG" is
-coloured "normal ECG"; "sinus rhythm, LVH" is coloured "LVH"). PNGs have a fixed pixel size (figure inches x
-dpi) and are written atomically (:func:`fgclep_plugin.ecgdata.plot.save_png`).
+"""Evaluation figures, the work of ``fgclep figures``: t-SNE of ECG embeddings coloured by label (the paper's
+Figure 4) and the semantic similarity matrix of a batch of reports (Figure 3). What they show and how they are
+made: :data:`.commands.FIGURES` (the command's help).
 
 matplotlib, scikit-learn's t-SNE and threadpoolctl are imported where a figure is made, not at module import:
-the ``fgclep`` command imports this module to build its parser (start-up time).
+``fgclep eval`` and the demo import this module whether or not they draw figures (start-up time).
 """
 
 from __future__ import annotations
@@ -23,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import add_command, add_model_arguments, add_out_argument, add_run_arguments
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.plot import save_png
 from ..ecgdata.shards import atomic_write_json
@@ -288,31 +282,3 @@ def run_figures(args: argparse.Namespace) -> int:
         if name in manifest:
             print(f"{name}: {manifest[name]['path']}")
     return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """``fgclep figures``."""
-    p = add_command(
-        sub,
-        "figures",
-        "t-SNE of ECG embeddings by label, report similarity heat maps (PNG)",
-        __doc__,
-        epilog="example (synthetic test split, demo model):\n"
-        "  fgclep figures --data data/synth/test/synth-test-000000.tar --model FGCLEP-ResNet1d18-MiniLM \\\n"
-        "      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --label-key diagnoses --normal-class normal_ecg "
-        "--out eval/",
-    )
-    add_model_arguments(p, "labelled shards")
-    p.add_argument("--label-key", required=True, help="colour the t-SNE by json labels[KEY]")
-    p.add_argument(
-        "--normal-class",
-        default=None,
-        help="class of labels[KEY] that marks a normal ECG; adds the normal-vs-abnormal similarity batch",
-    )
-    add_out_argument(p, "folder for the PNGs and figures.json")
-    p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
-    p.add_argument("--max-points", type=int, default=3000, help="t-SNE of a seeded subset of larger sets")
-    p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (dots per inch)")
-    seed_help = "t-SNE, batch draws, the random weights of --checkpoint none"
-    add_run_arguments(p, 24, "reports per similarity batch", seed_help, batch_alias=True)
-    p.set_defaults(func=run_figures)

@@ -1,19 +1,9 @@
-"""Retrieval over a shard set: text -> top-k ECGs, ECG -> top-k reports, Recall@k / precision@k against the
-ground truth the set carries, and the retrieved 12-lead ECGs drawn on ECG paper (the paper's Figure 5).
-
-Ground truth, by query kind:
-
-- **report -> ECG** (every distinct report of the set is one query): a hit is any ECG whose report text equals
-  the query exactly; several ECGs sharing one report are all hits for it (machine reports repeat).
-- **ECG -> report** (every ECG is one query; candidates are the set's distinct reports, so duplicates do not
-  compete with themselves): the hit is the ECG's own report text.
-- **class -> ECG** (``--label-key``): the query is the class's prompt text, relevant ECGs are those labelled
-  with the class; precision@k and Recall@k. On the synthetic split ``--label-key features --prompts
-  synth-features`` queries the simulator's canonical feature phrases against the ground-truth features.
-
-Rankings sort by cosine, highest first; equal scores keep the shard order (a stable sort), so results do not
-depend on the platform's sort. Chance levels are the exact expectations under a uniformly random ranking.
-Embeddings come from :mod:`fgclep_plugin.model.scoring` (the one embedding path: ``embed_shards``).
+"""Retrieval over a shard set, the work of ``fgclep retrieve``: text -> top-k ECGs, ECG -> top-k reports,
+Recall@k / precision@k against the ground truth the set carries, and the retrieved 12-lead ECGs drawn on ECG
+paper (the paper's Figure 5). Ground truth by query kind, ranking ties and chance levels:
+:data:`.commands.RETRIEVE` (the command's help). Embeddings come from :mod:`fgclep_plugin.model.scoring` (the
+one embedding path: ``embed_shards``); matplotlib is imported where ECGs are drawn (start-up time of the runs
+that draw none).
 """
 
 from __future__ import annotations
@@ -28,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cliargs import add_command, add_model_arguments, add_out_argument, add_run_arguments
+from ..cliargs import SYNTH_FEATURES
 from ..ecgdata.ecg import FS, LEADS
 from ..ecgdata.labels import labels_from_meta
 from ..ecgdata.outdir import check_writable_folder
@@ -38,10 +28,6 @@ from ..ecgdata.shards import atomic_write_json
 from ..model.scoring import LoadedModel, embed_shards, embed_texts, load_model, similarity
 from ..model.zeroshot import load_prompt_map, mapped_prompt_text
 from ..synth.vocabulary import FEATURES
-
-SYNTH_FEATURES = "synth-features"
-"""``--prompts`` value naming the simulator's canonical feature phrases (``synth.vocabulary.FEATURES``)."""
-
 
 # ---------------------------------------------------------------------------------------------- metrics
 
@@ -281,7 +267,7 @@ def plot_retrieved(
 ) -> Path:
     """The retrieved ECGs of one text query on ECG paper, one per row, each titled with rank, cosine, key and
     report (the paper's Figure 5); written atomically as PNG."""
-    import matplotlib  # start-up time: the fgclep command imports this module to build its parser
+    import matplotlib  # start-up time (module docstring)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # after the backend is chosen
@@ -385,36 +371,3 @@ def run_retrieve(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"results in {out / 'retrieval.json'}")
     return 0
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """``fgclep retrieve``."""
-    p = add_command(
-        sub,
-        "retrieve",
-        "text -> top-k ECGs, ECG -> top-k reports, Recall@k, figures of the retrieved ECGs",
-        __doc__,
-        epilog="example (synthetic test split, demo model):\n"
-        "  fgclep retrieve --data data/synth/test/synth-test-000000.tar --model FGCLEP-ResNet1d18-MiniLM \\\n"
-        "      --checkpoint runs/demo/stage1/checkpoints/epoch_6.pt --label-key features --prompts synth-features \\\n"
-        "      --query 'atrial fibrillation' --k 10 --out eval/",
-    )
-    add_model_arguments(p, "shards, e.g. 'shards/ludb/ludb-test-000000.tar'")
-    p.add_argument(
-        "--query", action="append", default=[], metavar="TEXT", help="text -> top-k ECGs (repeatable)"
-    )
-    p.add_argument(
-        "--ecg", action="append", default=[], metavar="KEY", help="ECG __key__ -> top-k reports (repeatable)"
-    )
-    p.add_argument("--k", type=int, default=10, help="cut-off of the rankings and of Recall@k / precision@k")
-    p.add_argument("--label-key", default=None, help="class queries over json labels[KEY] (precision@k)")
-    p.add_argument(
-        "--prompts",
-        default=None,
-        help=f"class name -> query text: a JSON file, or '{SYNTH_FEATURES}' (the simulator's feature phrases)",
-    )
-    add_out_argument(p, "folder for retrieval.json and the figures (PNG)", required=False)
-    p.add_argument("--plot-k", type=int, default=3, help="ECGs drawn per text query (0: no figure)")
-    p.add_argument("--dpi", type=int, default=100, help="resolution of the figures (dots per inch)")
-    add_run_arguments(p, 64, "ECGs per encoder batch", "torch seed (the random weights of --checkpoint none)")
-    p.set_defaults(func=run_retrieve)
