@@ -86,3 +86,30 @@ def test_resume_runs_nothing(study: Path, capsys):
     result = json.loads((study / "results.json").read_text())
     assert result["setup"]["steps_run_now"] == []
     assert "running" not in capsys.readouterr().out
+
+
+def _toy_scores(rng: np.random.Generator, targets: np.ndarray, signal: float) -> np.ndarray:
+    return signal * targets + rng.normal(size=targets.shape)
+
+
+def test_share_of_the_ceiling_recomputed():
+    """paired_share against sklearn: the ratio of mean paired gains; its interval brackets the point, and a
+    ceiling without a gain gives no share."""
+    from fgclep_plugin.study.report import paired_gain, paired_share
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((300, 4)) < 0.3).astype(np.float64)
+    control = [_toy_scores(rng, targets, 0.5) for _ in range(3)]
+    arm = [_toy_scores(rng, targets, 1.0) for _ in range(3)]
+    top = [_toy_scores(rng, targets, 2.0) for _ in range(3)]
+    gain = np.mean([_macro_auc(a, targets) - _macro_auc(c, targets) for a, c in zip(arm, control)])
+    ceiling = np.mean([_macro_auc(t, targets) - _macro_auc(c, targets) for t, c in zip(top, control)])
+    share, interval, top_gain = paired_share(arm, top, control, targets, 200)
+    assert top_gain == pytest.approx(ceiling, abs=1e-9)
+    assert share == pytest.approx(gain / ceiling, abs=1e-9)
+    assert 0 < share < 1 and interval[0] < share < interval[1]
+    # the gain's interval comes from the same draws: the arm's own gain is inside it
+    diffs, giv = paired_gain(arm, control, targets, 200)
+    assert giv[0] < np.mean(diffs) < giv[1]
+    share, interval, top_gain = paired_share(arm, control, top, targets, 200)  # "ceiling" worse than control
+    assert np.isnan(share) and interval is None and top_gain < 0

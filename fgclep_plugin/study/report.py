@@ -42,6 +42,36 @@ def load_runs(plan: dict[str, Any]) -> dict[tuple[str, int | None], dict[str, np
     return out
 
 
+def _replicates(groups: list[list[np.ndarray]], targets: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Macro AUCs ``[n, k, G]`` of a two-level bootstrap: per replicate, ``k`` seeds drawn with replacement,
+    then the test records with replacement, the same records for every group (paired).
+
+    ``groups[g][s]``: scores ``[N, C]`` of group ``g`` (an arm, its control, ...) and seed ``s``. Replicates
+    with a class left without both outcomes (a NaN) are dropped."""
+    rng = np.random.default_rng(seed)
+    k, nrec, c = len(groups[0]), len(targets), targets.shape[1]
+    both = [np.hstack([g[s] for g in groups]) for s in range(k)]  # one rank pass per (replicate, seed)
+    tt = np.hstack([targets] * len(groups))
+    values = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(n):
+            seeds = rng.integers(0, k, k)
+            idx = rng.integers(0, nrec, nrec)
+            t = tt[idx]
+            rep = [np.nanmean(rank_auc(both[s][idx], t).reshape(len(groups), c), axis=1) for s in seeds]
+            if np.isfinite(rep).all():
+                values.append(rep)
+    return np.asarray(values, dtype=np.float64).reshape(-1, k, len(groups))
+
+
+def _interval(values: np.ndarray) -> tuple[float, float] | None:
+    if values.size == 0:
+        return None
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def paired_gain(
     arm: list[np.ndarray], control: list[np.ndarray], targets: np.ndarray, n: int, seed: int = 0
 ) -> tuple[list[float], tuple[float, float] | None]:
@@ -51,27 +81,33 @@ def paired_gain(
     diffs = [macro_auc(a, targets) - macro_auc(c, targets) for a, c in zip(arm, control)]
     if n <= 0:
         return diffs, None
-    rng = np.random.default_rng(seed)
-    k, nrec, c = len(control), len(targets), targets.shape[1]
-    both = [np.hstack([a, b]) for a, b in zip(arm, control)]  # one rank pass per (resample, seed)
-    tt = np.hstack([targets, targets])
-    values = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for _ in range(n):
-            seeds = rng.integers(0, k, k)
-            idx = rng.integers(0, nrec, nrec)
-            t = tt[idx]
-            d = []
-            for s in seeds:
-                auc = rank_auc(both[s][idx], t)
-                d.append(np.nanmean(auc[:c]) - np.nanmean(auc[c:]))
-            if np.isfinite(d).all():
-                values.append(float(np.mean(d)))
-    if not values:
-        return diffs, None
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return diffs, (float(lo), float(hi))
+    rep = _replicates([arm, control], targets, n, seed)
+    return diffs, _interval((rep[:, :, 0] - rep[:, :, 1]).mean(axis=1))
+
+
+def paired_share(
+    arm: list[np.ndarray],
+    ceiling: list[np.ndarray],
+    control: list[np.ndarray],
+    targets: np.ndarray,
+    n: int,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float] | None, float]:
+    """The share of the ceiling's gain an arm captures, ``mean_s(arm - control) / mean_s(ceiling - control)``,
+    its interval from the same paired two-level bootstrap (seeds and records drawn once for all three), and
+    the ceiling's own gain. A share is only read when that gain is positive: with none, there is no ceiling
+    to share (NaN, no interval)."""
+    auc = np.array([[macro_auc(x[s], targets) for x in (arm, ceiling, control)] for s in range(len(control))])
+    top = float((auc[:, 1] - auc[:, 2]).mean())
+    if top <= 0:
+        return float("nan"), None, top
+    share = float((auc[:, 0] - auc[:, 2]).mean()) / top
+    if n <= 0:
+        return share, None, top
+    rep = _replicates([arm, ceiling, control], targets, n, seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (rep[:, :, 0] - rep[:, :, 2]).mean(axis=1) / (rep[:, :, 1] - rep[:, :, 2]).mean(axis=1)
+    return share, _interval(ratio[np.isfinite(ratio)]), top
 
 
 def stage2_truth(summary_path: str) -> dict[str, Any]:
@@ -86,11 +122,20 @@ def stage2_truth(summary_path: str) -> dict[str, Any]:
     }
 
 
+def ceiling_of(arm: str) -> str | None:
+    """The perfect-validation arm with the same injection (``validated-quantile+multi-positive`` ->
+    ``perfect-validation+multi-positive``); None for the oracle arms themselves and stage 1."""
+    base, _, injection = arm.partition("+")
+    if base.startswith("perfect-") or base in ("stage1", CONTROL):
+        return None
+    return "perfect-validation" + (f"+{injection}" if injection else "")
+
+
 def analyse(plan: dict[str, Any], seeds: list[int], bootstrap: int) -> dict[str, Any]:
     """Per-run AUCs, every arm's paired gain over the control and stage 2 vs truth at one mention rate."""
     runs = load_runs(plan)
     arms = ["stage1"] + sorted({a for a, s in runs if s is not None and a != CONTROL})
-    auc_rows, gains = [], []
+    auc_rows, gains, shares = [], [], []
     for task in TASKS:
         targets = runs[("stage1", None)][f"{task}/targets"].astype(np.float64)
         keys = runs[("stage1", None)][f"{task}/keys"]
@@ -128,8 +173,25 @@ def analyse(plan: dict[str, Any], seeds: list[int], bootstrap: int) -> dict[str,
                         "interval": interval,
                     }
                 )
+                ceiling = ceiling_of(a)
+                if ceiling is None or any((ceiling, s) not in runs for s in seeds):
+                    continue
+                top = [runs[(ceiling, s)][f"{task}/{ps}"] for s in seeds]
+                share, interval, top_gain = paired_share(arm, top, control, targets, bootstrap)
+                shares.append(
+                    {
+                        "rate": plan["rate"],
+                        "arm": a,
+                        "ceiling": ceiling,
+                        "task": task,
+                        "prompt_set": ps,
+                        "share": None if np.isnan(share) else share,
+                        "interval": interval,
+                        "ceiling_gain": top_gain,
+                    }
+                )
     stage2 = {arm.split("+")[0]: stage2_truth(p) for arm, p in plan["stage2"].items()}
-    return {"aucs": auc_rows, "gains": gains, "stage2": stage2}
+    return {"aucs": auc_rows, "gains": gains, "shares": shares, "stage2": stage2}
 
 
 def _cell(g: dict[str, Any] | None) -> str:
@@ -187,6 +249,30 @@ def format_tables(result: dict[str, Any]) -> str:
                 vals.append(f"{np.mean(v):.3f}" if v else "-")
             cells.append(" / ".join(vals))
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    shares = result.get("shares", [])
+    if shares:
+        lines += [
+            "",
+            f"### Share of the perfect-validation gain ({MAIN[0]}, {MAIN[1]}; same injection, same seeds and records)",
+            "",
+            head,
+            sep,
+        ]
+        for a in dict.fromkeys(x["arm"] for x in shares):
+            cells = []
+            for r in rates:
+                x = next(
+                    (x for x in shares if (x["rate"], x["arm"], x["task"], x["prompt_set"]) == (r, a, *MAIN)),
+                    None,
+                )
+                if x is None:
+                    cells.append("-")
+                elif x["share"] is None:
+                    cells.append(f"no ceiling (its gain {x['ceiling_gain']:+.3f})")
+                else:
+                    iv = x["interval"]
+                    cells.append(f"{x['share']:.0%}" + (f" [{iv[0]:.0%}, {iv[1]:.0%}]" if iv else ""))
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "### Stage 2 against the truth: kept per report, precision / recall (unstated features)",
@@ -245,6 +331,7 @@ def build(out: Path, plans: list[dict[str, Any]], setup: dict[str, Any]) -> dict
         "plans": plans,
         "aucs": [r for p in parts for r in p["aucs"]],
         "gains": [g for p in parts for g in p["gains"]],
+        "shares": [x for p in parts for x in p["shares"]],
         "stage2": {f"{p['rate']:g}": part["stage2"] for p, part in zip(plans, parts)},
         "figure": str(out / "gain_vs_mention_rate.png"),
     }
