@@ -100,13 +100,35 @@ def test_local_dir_round_trip_gives_the_checkpoints_embeddings(tiny):
     _assert_round_trip(ckpt, out, TINY)
 
 
-def test_hf_text_tower_round_trip(tmp_path):
-    """The default model's Hugging Face MiniLM tower is rebuilt from the folder's config.json."""
+def test_hf_text_tower_round_trip(tmp_path, monkeypatch):
+    """The default model's Hugging Face MiniLM tower is rebuilt from the folder's config.json, wherever the
+    folder is: moved after the export and named relative to the working directory, it loads the same."""
+    import shutil
+
     ckpt = _checkpoint(tmp_path / "run", MINILM, seed=1)
     out = tmp_path / "export"
     assert main(["export", str(ckpt), "--model", MINILM, "--out", str(out)]) == 0
     assert (out / "config.json").is_file() and (out / "vocab.txt").is_file()
-    _assert_round_trip(ckpt, out, MINILM)
+    text = json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]
+    assert text["hf_model_name"] == text["hf_tokenizer_name"] == "folder:."
+    moved = tmp_path / "elsewhere" / "copy"
+    moved.parent.mkdir()
+    shutil.move(out, moved)
+    monkeypatch.chdir(moved.parent)
+    _assert_round_trip(ckpt, Path("copy"), MINILM)
+
+
+def test_folder_placeholder_needs_a_local_dir_folder(tmp_path):
+    from fgclep_plugin.deploy.export import EXPORT_FOLDER
+    from fgclep_plugin.model.registry import FOLDER_PREFIX, resolve_folder_path
+
+    assert EXPORT_FOLDER == FOLDER_PREFIX + "."
+    assert resolve_folder_path("folder:.", str(tmp_path)) == str(tmp_path)
+    assert resolve_folder_path("pkg:x/y", None) == "pkg:x/y"  # not a folder: placeholder: unchanged
+    with pytest.raises(FileNotFoundError, match="local-dir:FOLDER"):
+        resolve_folder_path("folder:.", None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_folder_path("folder:missing", str(tmp_path))
 
 
 def test_folder_layout_and_config_without_package_paths(tiny):
@@ -117,7 +139,17 @@ def test_folder_layout_and_config_without_package_paths(tiny):
     text = (out / CONFIG_NAME).read_text()
     assert "pkg:" not in text
     config = json.loads(text)
-    assert config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == str(out)
+    assert config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == "folder:."  # the folder, wherever it is
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    assert not [s for s in strings(config) if os.path.isabs(s) or str(out) in s]  # no path of this machine
+    assert config["fgclep"]["checkpoint"] == "run/checkpoints/epoch_4.pt"
     assert config["model_cfg"]["vision_cfg"]["ecg_tower"] == "resnet1d"
     assert config["fgclep"]["epoch"] == 4 and config["fgclep"]["model"] == TINY
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
@@ -250,7 +282,8 @@ def test_push_to_hub_uploads_the_folder_with_the_repository_as_text_tower(tmp_pa
     assert seen["files"][WEIGHTS_NAME] == (out / WEIGHTS_NAME).read_bytes()
     config = json.loads(seen["files"][CONFIG_NAME])
     assert config["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == "someone/fgclep-tiny"
-    assert json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]["hf_tokenizer_name"] == str(
-        out
+    assert (
+        json.loads((out / CONFIG_NAME).read_text())["model_cfg"]["text_cfg"]["hf_tokenizer_name"]
+        == "folder:."
     )
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []

@@ -3,17 +3,21 @@
 
 The folder (open_clip 3.3 ``factory.create_model`` / ``get_tokenizer`` read it):
 
-- ``open_clip_config.json``: ``{"model_cfg", "preprocess_cfg"}``; ``model_cfg`` is the plugin's config with
-  no ``pkg:`` placeholder left. For ``local-dir:`` open_clip reads the tokenizer from the folder itself but
-  builds a Hugging Face text tower from ``text_cfg.hf_model_name``, so both ``hf_*_name`` entries name the
-  folder by absolute path (the Hub copy names the repository instead: open_clip's ``hf_tokenizer_self``);
+- ``open_clip_config.json``: ``{"model_cfg", "preprocess_cfg", "fgclep"}``; ``model_cfg`` is the plugin's
+  config with no ``pkg:`` placeholder and no path of this machine. For ``local-dir:`` open_clip reads the
+  tokenizer from the folder itself but builds a Hugging Face text tower from ``text_cfg.hf_model_name``, so
+  both ``hf_*_name`` entries are ``folder:.`` (:data:`fgclep_plugin.model.registry.FOLDER_PREFIX`): the
+  plugin's text-tower hook resolves it to the folder being loaded, wherever it was copied to (the Hub copy
+  names the repository instead: open_clip's ``hf_tokenizer_self``). ``fgclep`` records the model, the
+  checkpoint (as ``RUN/checkpoints/epoch_N.pt`` inside its run folder, else its file name), its SHA-256 and
+  epoch, the plugin version and the time;
 - ``open_clip_model.safetensors``: the whole model's state dict (``_find_checkpoint_in_dir`` prefers it);
 - the text tower's tokenizer files, and for a Hugging Face text tower its ``config.json`` (architecture
   only: its weights are in the safetensors file);
 - ``README.md``: the model card (:mod:`.modelcard`).
 
-Loading needs ``import fgclep_plugin`` first (the ECG tower and transforms are the plugin's hooks). The folder
-is written beside DIR and renamed into place: DIR is the old folder or the whole new one, never half-written.
+Loading needs ``import fgclep_plugin`` first (the ECG tower, the transforms and the ``folder:`` text tower are
+the plugin's hooks). The folder is written beside DIR and renamed into place: DIR is the old folder or the whole new one, never half-written.
 """
 
 from __future__ import annotations
@@ -51,11 +55,14 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 TEXT_LOCATION_KEYS = ("hf_model_name", "hf_tokenizer_name")  # text_cfg entries that name files
+# the folder being loaded: model.registry.FOLDER_PREFIX + "." (not imported here: registry imports open_clip,
+# and the fgclep command imports this module to build its parser); tests check the two agree
+EXPORT_FOLDER = "folder:."
 
 
 def point_text_tower(model_cfg: dict[str, Any], location: str) -> dict[str, Any]:
     """Copy of ``model_cfg`` whose text tower and tokenizer (where the config names them) are read from
-    ``location``: the export folder's absolute path, or a Hub repository id."""
+    ``location``: :data:`EXPORT_FOLDER` (the local folder, wherever it is) or a Hub repository id."""
     cfg = deepcopy(model_cfg)
     text = cfg.get("text_cfg", {})
     for key in TEXT_LOCATION_KEYS:
@@ -197,14 +204,37 @@ def write_text_tower(loaded: Any, text_cfg: dict[str, Any], folder: Path) -> Non
         loaded.model.text.config.save_pretrained(str(folder))
 
 
+def _strings(value: Any) -> list[str]:
+    """Every string in a JSON-like value (dict values, list items), depth first."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
 def open_clip_config(model_cfg: dict[str, Any], location: str, provenance: dict[str, Any]) -> dict[str, Any]:
     """``open_clip_config.json``'s content: the model config pointed at ``location`` (an ECG model has no
-    image preprocessing: its transform is described by ``vision_cfg``), plus where it came from."""
+    image preprocessing: its transform is described by ``vision_cfg``), plus where it came from.
+    ``RuntimeError`` if a ``pkg:`` placeholder or an absolute path is left (neither loads on another machine)."""
     cfg = {"model_cfg": point_text_tower(model_cfg, location), "preprocess_cfg": {}, "fgclep": provenance}
-    left = [s for s in json.dumps(cfg).split('"') if s.startswith("pkg:")]
+    left = [s for s in _strings(cfg) if s.startswith("pkg:")]
     if left:  # registry.resolve_model_config resolves text_cfg only: a placeholder elsewhere cannot load
         raise RuntimeError(f"the model config still names package paths after resolving: {', '.join(left)}")
+    local = [s for s in _strings(cfg) if os.path.isabs(s)]
+    if local:
+        raise RuntimeError(f"the exported config would name paths of this machine: {', '.join(local)}")
     return cfg
+
+
+def checkpoint_name(checkpoint: Path, run: Path | None) -> str:
+    """How the config names the checkpoint: ``RUN/checkpoints/epoch_N.pt`` (the run folder's name and the path
+    inside it), else the file name; never a path of this machine."""
+    if run is not None and checkpoint.is_relative_to(run):
+        return str(Path(run.name) / checkpoint.relative_to(run))
+    return checkpoint.name
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -267,7 +297,7 @@ def export_model(
     source = Source(checkpoint.resolve(), checkpoint_epoch(checkpoint), sha256(checkpoint))
     provenance = {
         "model": name,
-        "checkpoint": str(source.checkpoint),
+        "checkpoint": checkpoint_name(source.checkpoint, run_folder(source.checkpoint)),
         "checkpoint_sha256": source.sha256,
         "epoch": source.epoch,
         "fgclep_plugin": package_version(),
@@ -277,7 +307,7 @@ def export_model(
     try:
         save_weights(loaded.model, stage / WEIGHTS_NAME)
         write_text_tower(loaded, model_cfg.get("text_cfg", {}), stage)
-        config = open_clip_config(model_cfg, str(out), provenance)
+        config = open_clip_config(model_cfg, EXPORT_FOLDER, provenance)
         (stage / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         card = model_card(name, model_cfg, out, source, run_folder(checkpoint), measured, repo)
         (stage / CARD_NAME).write_text(card, encoding="utf-8")
@@ -351,7 +381,8 @@ open_clip_config.json (the model config, fully resolved), open_clip_model.safete
 tower's tokenizer files (and config.json of a Hugging Face tower) and README.md, a model card with
 the training run's params.txt settings and measured results. After `import fgclep_plugin`,
 open_clip.create_model_and_transforms("local-dir:DIR") loads it offline. DIR is written whole
-or not at all; the config names DIR by absolute path (export again after moving it)."""
+or not at all; its config names no path of this machine (the text tower is "folder:.", the folder
+itself, resolved by fgclep_plugin at load time), so DIR can be moved or copied elsewhere."""
 
 EXAMPLES = """\
 examples:

@@ -8,9 +8,12 @@ same process. ``register()`` is idempotent; importing this module registers.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
+import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -28,7 +31,17 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[1]
 PKG_PREFIX = "pkg:"
 """Config placeholder ``pkg:<package>/<path>``: a directory inside an installed Python package."""
 
+FOLDER_PREFIX = "folder:"
+"""Config placeholder ``folder:<path>``: a path inside the ``local-dir:`` folder the config is loaded from.
+``fgclep export`` names the text tower ``folder:.`` (its ``config.json`` and tokenizer files are in the folder),
+so an exported folder loads wherever it is copied to; resolved by the text-tower hook below."""
+
+LOCAL_DIR_SCHEMA = "local-dir:"  # open_clip.factory.LOCAL_DIR_PREFIX
+
 _ORIGINALS: dict[tuple[str, str], Any] = {}
+
+# The local-dir: folder open_clip's create_model is building a model from (None: a model name or hf-hub:).
+_LOADING_DIR: ContextVar[str | None] = ContextVar("fgclep_loading_dir", default=None)
 
 
 def config_dir() -> Path:
@@ -72,6 +85,23 @@ def resolve_model_config(cfg: dict[str, Any] | None) -> dict[str, Any] | None:
     return cfg
 
 
+def resolve_folder_path(value: str, folder: str | None) -> str:
+    """``"folder:<sub/path>"`` -> ``folder/sub/path`` (``folder``: the ``local-dir:`` folder being loaded);
+    other values unchanged. ``FileNotFoundError`` when there is no such folder (the config was not loaded
+    through ``local-dir:``) or the path does not exist in it."""
+    if not isinstance(value, str) or not value.startswith(FOLDER_PREFIX):
+        return value
+    if folder is None:
+        raise FileNotFoundError(
+            f"model config names its text tower {value!r}, a path inside an exported folder: load the folder "
+            f"with open_clip's {LOCAL_DIR_SCHEMA}FOLDER"
+        )
+    path = os.path.normpath(os.path.join(os.path.abspath(folder), value[len(FOLDER_PREFIX) :]))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{value}: {path} does not exist in the folder {folder}")
+    return path
+
+
 def is_ecg_model(model: Any) -> bool:
     """True for an open_clip model whose vision tower is the ECG tower."""
     return isinstance(getattr(model, "visual", None), EcgTower)
@@ -87,6 +117,42 @@ def _build_vision_tower(embed_dim: int, vision_cfg: Any, quick_gelu: bool = Fals
     return _ORIGINALS[("open_clip.model", "_build_vision_tower")](
         embed_dim, vision_cfg, quick_gelu, cast_dtype
     )
+
+
+# Hook: open_clip.model._build_text_tower.
+# CLIP and CustomTextCLIP look it up at call time to build `model.text`; a Hugging Face tower is built from
+# `text_cfg.hf_model_name`. An exported folder's config (open_clip reads it itself, without get_model_config)
+# names the tower `folder:.`; it is resolved here against the `local-dir:` folder being loaded (remembered by
+# the create_model hook), `pkg:` placeholders too. Other names go to the original builder unchanged.
+def _build_text_tower(embed_dim: int, text_cfg: Any, quick_gelu: bool = False, cast_dtype: Any = None):
+    name = (
+        text_cfg.get("hf_model_name")
+        if isinstance(text_cfg, dict)
+        else getattr(text_cfg, "hf_model_name", None)
+    )
+    resolved = resolve_package_path(resolve_folder_path(name, _LOADING_DIR.get())) if name else name
+    if resolved != name:
+        if isinstance(text_cfg, dict):
+            text_cfg = {**text_cfg, "hf_model_name": resolved}
+        else:
+            text_cfg = dataclasses.replace(text_cfg, hf_model_name=resolved)
+    return _ORIGINALS[("open_clip.model", "_build_text_tower")](embed_dim, text_cfg, quick_gelu, cast_dtype)
+
+
+# Hook: open_clip.factory.create_model (and the open_clip re-export; create_model_and_transforms and
+# create_model_from_pretrained call it by its module name). For `local-dir:FOLDER` it remembers FOLDER while
+# the original builds the model, so the text-tower hook can resolve `folder:` paths; nothing else changes.
+def _create_model(model_name: str, *args: Any, **kwargs: Any):
+    folder = (
+        model_name[len(LOCAL_DIR_SCHEMA) :]
+        if isinstance(model_name, str) and model_name.startswith(LOCAL_DIR_SCHEMA)
+        else None
+    )
+    token = _LOADING_DIR.set(folder)
+    try:
+        return _ORIGINALS[("open_clip.factory", "create_model")](model_name, *args, **kwargs)
+    finally:
+        _LOADING_DIR.reset(token)
 
 
 # Hook: open_clip.factory.get_model_config (and its re-export open_clip.get_model_config).
@@ -157,7 +223,15 @@ _MODEL_HOOKS: list[tuple[Any, str, Callable[..., Any], tuple[Any, ...], tuple[st
         (),
         ("embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"),
     ),
+    (
+        open_clip.model,
+        "_build_text_tower",
+        _build_text_tower,
+        (),
+        ("embed_dim", "text_cfg", "quick_gelu", "cast_dtype"),
+    ),
     (open_clip.factory, "get_model_config", _get_model_config, (open_clip,), ("model_name",)),
+    (open_clip.factory, "create_model", _create_model, (open_clip,), ("model_name",)),
     (
         open_clip.factory,
         "create_model_and_transforms",
