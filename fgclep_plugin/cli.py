@@ -28,7 +28,7 @@ _parse_option = parse_option  # the older private name
 # Modules that contribute subcommands through ``add_cli(subparsers)``.
 SUBCOMMAND_MODULES = (
     "fgclep_plugin.synth.cli",
-    "fgclep_plugin.demo",
+    "fgclep_plugin.demo.cli",
     "fgclep_plugin.ecgdata.inspect",
     "fgclep_plugin.bench.shards",
     "fgclep_plugin.bench.all",

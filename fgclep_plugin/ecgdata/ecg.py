@@ -30,7 +30,6 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from .records import EcgRecord, RejectError
 
@@ -130,6 +129,8 @@ def resample(x: np.ndarray, fs_in: float, fs_out: int = FS) -> np.ndarray:
     """Polyphase resampling of ``x`` ``[leads, n]`` along the last axis from ``fs_in`` to ``fs_out`` Hz."""
     if fs_in == fs_out:
         return x
+    from scipy.signal import resample_poly  # start-up time: about 1 s; the fgclep parser imports this module
+
     ratio = Fraction(fs_out) / Fraction(fs_in).limit_denominator(1000)
     return resample_poly(x, ratio.numerator, ratio.denominator, axis=-1)
 

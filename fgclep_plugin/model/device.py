@@ -4,15 +4,19 @@ Under ``torchrun`` / ``accelerate launch`` every process has ``RANK``, ``WORLD_S
 environment (open_clip reads the same variables): process ``RANK`` of ``WORLD_SIZE`` takes every
 ``WORLD_SIZE``-th shard from the ``RANK``-th on, and runs on GPU ``LOCAL_RANK`` of its machine. A plain run is
 process 0 of 1 on GPU 0 (or the CPU).
+
+torch is imported where a device is chosen, not at module import: the part of the work is plain environment
+reading, wanted by modules that load no model (``fgclep eval``'s parser, candidate generation; start-up time).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 T = TypeVar("T")
 
@@ -37,6 +41,8 @@ def choose_device(requested: str | torch.device | None = AUTO) -> torch.device:
     """The device a command runs its model on: ``auto`` (or None) -> ``cuda:LOCAL_RANK`` when CUDA is available,
     else ``cpu``; ``cuda`` without an index -> ``cuda:LOCAL_RANK`` (one GPU per launched process); any other
     name as given."""
+    import torch  # start-up time (module docstring)
+
     if requested is None or str(requested) == AUTO:
         return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(requested)

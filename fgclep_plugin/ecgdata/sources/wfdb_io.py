@@ -4,6 +4,9 @@ Known quirk handled here: some Georgia headers (``E00666.hea``) carry the file n
 name in their first line, which ``wfdb`` rejects. The header is then rewritten in memory, written with links to
 the signal files into a temporary folder and read from there; the shared files are never modified. The fix is
 reported in ``WfdbData.header_fix``.
+
+``wfdb`` (which loads pandas) is imported where a record is read, not at module import: the ``fgclep`` command
+imports every source to list them in its help (start-up time).
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import wfdb
 
 from ..records import RejectError
+
+if TYPE_CHECKING:
+    import wfdb
 
 # What wfdb raises on broken or inconsistent files (HeaderSyntaxError is a ValueError).
 _WFDB_ERRORS = (ValueError, OSError, IndexError, KeyError, TypeError, EOFError, AttributeError)
@@ -72,6 +78,8 @@ def _fixed_header_text(hea: Path) -> tuple[str, str] | None:
 
 
 def _read_with_fixed_header(path: Path, physical: bool) -> tuple[wfdb.Record, str]:
+    import wfdb  # start-up time (module docstring)
+
     hea = path.with_suffix(".hea")
     fixed = _fixed_header_text(hea)
     if fixed is None:
@@ -96,6 +104,8 @@ def _read_with_fixed_header(path: Path, physical: bool) -> tuple[wfdb.Record, st
 
 def read_header(path: str | Path) -> wfdb.Record:
     """The header of record ``path`` (no extension) or RejectError naming the file."""
+    import wfdb  # start-up time (module docstring)
+
     path = Path(path)
     hea = path.with_suffix(".hea") if path.suffix != ".hea" else path
     if not hea.exists():
@@ -116,6 +126,8 @@ def read_wfdb(path: str | Path, physical: bool = True) -> WfdbData:
 
     Raises :class:`RejectError` (``missing-file``, ``unreadable``, ``bad-header``, ``bad-units``) naming the file.
     """
+    import wfdb  # start-up time (module docstring)
+
     path = Path(path)
     if path.suffix == ".hea":
         path = path.with_suffix("")
