@@ -86,18 +86,21 @@ def _shards_exit_code(summary: dict) -> int:
     return 1
 
 
+SHARDS_HELP = "convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards"
+SHARDS_DESCRIPTION = (
+    "Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
+    "float16) with their reports. Every record ends in a shard or in NAME.rejects.jsonl with its reason. "
+    "Re-running the same command after an interruption completes the missing shards. Exits with status 1 "
+    "when no record was written or any record failed with an unexpected error (see the rejects file)."
+)
+
+
 def _add_shards(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub,
-        "shards",
-        "convert a dataset (MIMIC-IV-ECG, PTB-XL, Challenge format, LUDB, generic WFDB) into ECG shards",
-        "Convert a dataset into WebDataset shards of canonical 12-lead ECGs (500 Hz, 10 s, mV, "
-        "float16) with their reports. Every record ends in a shard or in NAME.rejects.jsonl with its reason. "
-        "Re-running the same command after an interruption completes the missing shards. Exits with status 1 "
-        "when no record was written or any record failed with an unexpected error (see the rejects file).",
-        epilog="sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
-        + source_options_help(),
+    epilog = (
+        "sources (options go in --option KEY=VALUE; `fgclep sources NAME` lists them):\n"
+        + source_options_help()
     )
+    p = add_command(sub, "shards", SHARDS_HELP, SHARDS_DESCRIPTION, epilog=epilog)
     p.add_argument("source", choices=sorted(SOURCES), help="dataset reader")
     p.add_argument("--root", required=True, help="dataset folder (as downloaded from PhysioNet)")
     add_out_argument(p, "shard pattern, e.g. shards/ptbxl/ptbxl-train-%%06d.tar")
