@@ -85,7 +85,8 @@ def test_batched_scores_equal_naive_algorithm_1(corpus, lm):
     texts = TextTable(lm)
     emb = ecg_embeddings(lm, [lm.preprocess(s["ecg"]) for s in samples])
     sc = score_pairs(lm, emb, cands, texts)
-    assert len(texts.index) == len({c for cl in cands for c in cl})  # each distinct text encoded once
+    distinct = {c for cl in cands for c in cl}  # each distinct text encoded once, with its lead prompts
+    assert set(texts.index) == {p for c in distinct for p in evaluation_ens_prompts(c)}
     thr = float(np.median(sc.prob))  # a threshold that keeps some pairs and rejects others
     naive = naive_decisions(lm, [s["ecg"] for s in samples], cands, thr)
     flat = [p for row in naive for p in row]
@@ -156,19 +157,13 @@ def test_augment_rewrites_shards_and_resumes(corpus, ckpt, tmp_path):
     again = run_augment(_urls(corpus), out, str(cache), MODEL, ckpt, progress=False, log=None)
     assert again["llm_calls_made"] == 0 and again["shards_written_now"] == 0 and t.stat().st_mtime_ns == mtime
     assert again["samples"] == 14
-    # a lost output shard is rewritten with the same samples and decisions (scores equal to float rounding:
-    # the text batches differ between the runs)
-    old = list(iter_samples(str(t)))
+    # a lost output shard is rewritten byte for byte, though this run meets the texts in another order (every
+    # text embedded in its own fixed batch, every candidate calibrated on its own)
+    old = t.read_bytes()
     t.unlink()
     third = run_augment(_urls(corpus), out, str(cache), MODEL, ckpt, progress=False, log=None)
     assert third["shards_written_now"] == 1 and third["llm_calls_made"] == 0
-    new = list(iter_samples(str(t)))
-    assert [x["__key__"] for x in new] == [x["__key__"] for x in old]
-    for a, b in zip(old, new):
-        assert a["text"] == b["text"]
-        ca, cb = a["meta"]["stage2"]["candidates"], b["meta"]["stage2"]["candidates"]
-        assert [c["kept"] for c in ca] == [c["kept"] for c in cb]
-        np.testing.assert_allclose([c["cos"] for c in ca], [c["cos"] for c in cb], atol=1e-5)
+    assert t.read_bytes() == old
     # other settings into the same folder are refused
     with pytest.raises(RuntimeError, match="other settings"):
         run_augment(

@@ -30,13 +30,22 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..model.scoring import LoadedModel, embed_ecgs, embed_texts, pair_cosines, pair_probability, similarity
+from ..model.scoring import (
+    LoadedModel,
+    embed_ecgs,
+    embed_texts,
+    one_thread,
+    pair_cosines,
+    pair_probability,
+    similarity,
+)
 from ..model.zeroshot import ens_prompts, ens_scores
 from . import knowledge
 
@@ -140,24 +149,52 @@ def stored_decisions(rows: Sequence[dict[str, Any]], cfg: RuleConfig) -> list[bo
     return decide(score, prob, thr, cfg).tolist()
 
 
-class TextTable:
-    """Embeddings of candidate texts, each distinct text encoded once over the whole run."""
+def ens_root(text: str) -> str:
+    """The phrase whose lead-ensemble prompts (:func:`~fgclep_plugin.model.zeroshot.ens_prompts`) ``text`` is one
+    of: ``"wide qrs complex"`` for ``"wide qrs complex in lead V1"`` and for itself."""
+    root = text.rsplit(" in lead ", 1)[0]
+    return root if root and text in ens_prompts(root) else text
 
-    def __init__(self, lm: LoadedModel, batch_size: int = 256):
-        self.lm, self.batch_size = lm, batch_size
+
+class TextTable:
+    """Embeddings of candidate texts, each distinct text encoded once over the whole run.
+
+    A text's embedding is a function of the text alone, not of the texts encoded before it: a batch's other rows
+    change a row's float rounding (the matrix shapes), and a resumed run, a process of a split run or a rewritten
+    shard meets the texts in another order than an uninterrupted run; a stored score or threshold differing in
+    its last digit makes the shards differ. So every text is encoded in one fixed batch, the lead-ensemble group
+    of its phrase (:func:`ens_root`: the phrase and its 12 lead prompts, which the ``lead-ensemble`` score needs
+    anyway), on one torch thread on the CPU (small batches lose to the thread pool: ``scoring.one_thread``)."""
+
+    def __init__(self, lm: LoadedModel):
+        self.lm = lm
         self.index: dict[str, int] = {}
-        self.emb = torch.zeros(0, 0)
+        self._chunks: list[torch.Tensor] = []
+        self._emb = torch.zeros(0, 0)
+        self._rows = 0  # rows embedded, in _emb and _chunks
+
+    @property
+    def emb(self) -> torch.Tensor:
+        """``[rows, D]`` normalised float32 embeddings; ``text``'s is row ``index[text]``."""
+        if self._chunks:
+            self._emb = (
+                torch.cat([self._emb, *self._chunks]) if self._emb.numel() else torch.cat(self._chunks)
+            )
+            self._chunks = []
+        return self._emb
 
     def rows(self, texts: Sequence[str]) -> list[int]:
-        """Row of every text, embedding the ones not seen before (one batched pass)."""
-        new = [t for t in dict.fromkeys(texts) if t not in self.index]
-        if new:
-            e = embed_texts(
-                self.lm.model, self.lm.tokenizer, new, batch_size=self.batch_size, device=self.lm.device
-            )
-            self.emb = e if self.emb.numel() == 0 else torch.cat([self.emb, e])
-            for t in new:
-                self.index[t] = len(self.index)
+        """Row of every text, embedding the groups of the ones not seen before."""
+        roots = dict.fromkeys(ens_root(t) for t in texts if t not in self.index)
+        with one_thread() if self.lm.device.type == "cpu" else nullcontext():
+            for root in roots:
+                group = ens_prompts(root)
+                lm = self.lm
+                self._chunks.append(embed_texts(lm.model, lm.tokenizer, group, device=lm.device))
+                for i, t in enumerate(group):  # a text is only ever read from its own root's group
+                    if ens_root(t) == root:
+                        self.index[t] = self._rows + i
+                self._rows += len(group)
         return [self.index[t] for t in texts]
 
 
@@ -169,18 +206,29 @@ def ecg_embeddings(lm: LoadedModel, xs: Sequence[torch.Tensor], batch_size: int 
     return embed_ecgs(lm.model, chunks, device=lm.device)
 
 
-def score_matrix(ecg_emb: torch.Tensor, texts: TextTable, cands: Sequence[str], score: str) -> torch.Tensor:
+def centring_offset(ecg_emb: torch.Tensor, texts: TextTable) -> torch.Tensor:
+    """``[N, 1]``: every ECG's mean cosine over :data:`VOCABULARY` (the ``centred`` score's offset)."""
+    rows = texts.rows(VOCABULARY)  # before reading texts.emb: it may add rows
+    return similarity(ecg_emb, texts.emb[rows]).mean(dim=1, keepdim=True)
+
+
+def score_matrix(
+    ecg_emb: torch.Tensor,
+    texts: TextTable,
+    cands: Sequence[str],
+    score: str,
+    offset: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[N, M]`` score of every ECG against every candidate text: ``cos``, ``ens`` (the evaluation's ENS: the
     maximum cosine over the candidate's lead prompts) or ``centred`` (the cosine minus the ECG's mean cosine
-    over :data:`VOCABULARY`)."""
+    over :data:`VOCABULARY`, ``offset`` when given: :func:`centring_offset`)."""
     if score == "ens":
         rows = texts.rows([p for c in cands for p in ens_prompts(c)])  # [M * 13], candidate-major
         return ens_scores(ecg_emb, texts.emb[rows])[1]
     rows = texts.rows(cands)
     cos = similarity(ecg_emb, texts.emb[rows])
     if score == "centred":
-        vocab = texts.rows(VOCABULARY)
-        return cos - similarity(ecg_emb, texts.emb[vocab]).mean(dim=1, keepdim=True)
+        return cos - (centring_offset(ecg_emb, texts) if offset is None else offset)
     if score != "cos":
         raise ValueError(f"unknown score {score!r}")
     return cos
@@ -241,7 +289,13 @@ def calibrate(
     sets = [set(p) for p in proposed]
     proposes = np.array([[c in s for c in cand] for s in sets], dtype=bool).reshape(len(sets), len(cand))
     needed = dict.fromkeys(score for score, _ in CALIBRATED.values())
-    scores = {s: score_matrix(ecg_emb, texts, cand, s).numpy() for s in needed}  # score -> [N_ref, M]
+    # one candidate at a time: a column of a matrix product rounds differently with other columns beside it,
+    # and which candidates are calibrated together depends on the shards decided before (a resumed run)
+    offset = centring_offset(ecg_emb, texts)  # [N_ref, 1], the same shape every time
+    scores = {  # score -> [N_ref, M]
+        s: np.concatenate([score_matrix(ecg_emb, texts, [c], s, offset).numpy() for c in cand], axis=1)
+        for s in needed
+    }
     out: dict[str, dict[str, float]] = {c: {} for c in cand}
     for rule, (score, reference) in CALIBRATED.items():
         for j, c in enumerate(cand):
