@@ -210,3 +210,23 @@ def test_tasks_over_urls_read_through_the_opener(memory_folder, tmp_path, monkey
     fs.pipe(f"{base.removeprefix('memory://')}/ptbxl/tasks.json", json.dumps({"ptbxl-form": spec}).encode())
     assert get_task("ptbxl-form", base).urls("test") == f"{base}/ptbxl/ptbxl-test-{{000000..000001}}.tar"
     assert list(tmp_path.iterdir()) == [local]
+
+
+def test_eval_tasks_lists_a_remote_corpus_by_reading_it(memory_folder, tmp_path, monkeypatch, capsys):
+    """``fgclep eval tasks`` with ``--synth-data URL``: a present remote corpus is read (its classes listed),
+    an absent one is "not built" with the URL named, never "generated on first use" (only a local folder is)."""
+    from fgclep_plugin.cli import main
+    from fgclep_plugin.synth.corpus import generate_corpus
+
+    fs, base = memory_folder
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "tasks", "--synth-data", f"{base}/none"]) == 0
+    out = capsys.readouterr().out
+    assert "not generated yet" not in out and "synth-feature: not built" in out and f"{base}/none" in out
+    local = tmp_path / "corpus"
+    generate_corpus(local, {"train": 6, "val": 4, "test": 5}, maxcount=4)
+    fs.put(str(local), base.removeprefix("memory://"), recursive=True)
+    assert main(["eval", "tasks", "--synth-data", base]) == 0
+    listed = capsys.readouterr().out
+    n = len(get_task("synth-feature", local).class_names)
+    assert f"synth-feature: {n} classes" in listed

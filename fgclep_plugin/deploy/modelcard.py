@@ -245,15 +245,15 @@ def model_card(
             (
                 f"From the Hub: `hf-hub:{repo}` in place of `local-dir:...` (the Hub copy's config names the "
                 "repository for the text tower and tokenizer). This folder's `open_clip_config.json` names "
-                "the folder itself by absolute path: after moving the folder, export again."
+                "the text tower as `folder:.`, the folder being loaded: it loads wherever the folder is moved."
             ),
             "",
         ]
     else:
         lines += [
             (
-                "`open_clip_config.json` names this folder by absolute path for the text tower and tokenizer: "
-                "after moving the folder, export again (`fgclep export`)."
+                "`open_clip_config.json` names the text tower as `folder:.`, the folder being loaded (resolved "
+                "after `import fgclep_plugin`): the folder loads wherever it is moved."
             ),
             "",
         ]

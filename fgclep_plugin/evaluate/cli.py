@@ -20,7 +20,7 @@ from ..defaults import LUDB_DATA, MERL_DATA, MIN_SECONDS, SYNTH_DATA
 from ..model.device import process_index
 from .api import EvalSettings, evaluate
 from .results import format_markdown, write_results
-from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS, build_benchmark, get_task
+from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS, build_benchmark, get_task, is_url
 
 EXAMPLES = """examples:
   fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
@@ -67,7 +67,12 @@ def run_tasks(args: argparse.Namespace) -> int:
     """``fgclep eval tasks``: every task, its classes and whether its shards are present."""
     folders = {"merl": args.merl_data, "ludb": args.ludb_data, "synth": args.synth_data}
     for name in ALL_TASKS:
-        if name.startswith("synth") and not (Path(args.synth_data) / "test").is_dir():
+        # a local corpus is generated on first use, so only listed here; a URL is read (missing: "not built")
+        if (
+            name.startswith("synth")
+            and not is_url(args.synth_data)
+            and not (Path(args.synth_data) / "test").is_dir()
+        ):
             print(f"{name}: synthetic corpus not generated yet ({args.synth_data}; generated on first use)")
             continue
         try:
