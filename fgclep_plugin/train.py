@@ -111,7 +111,9 @@ def plugin_parser() -> argparse.ArgumentParser:
         default="append",
         help="how stage-2 features enter training: appended to the report (txt as written, default), each "
         "kept feature as a caption of its own drawn with the report, or every kept feature an extra positive "
-        "of its ECG in the sigmoid loss (one process)",
+        "of its ECG in the sigmoid loss (one process, no --accum-freq). Measured on the synthetic corpus: "
+        "appended, even true features lower feature zero-shot AUC; as captions or multi-positive they raise it, "
+        "and validated features as multi-positive too (stage 3 on augmented shards: multi-positive where it runs)",
     )
     g.add_argument(
         "--loss-log",

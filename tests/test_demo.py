@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from fgclep_plugin import demo
-from fgclep_plugin.demo.config import STAGE2_KINDS
+from fgclep_plugin.augment.validate import RULES
+from fgclep_plugin.demo.config import STAGE2_KINDS, STAGE3_INJECTION
+from fgclep_plugin.ecgdata.atomic import atomic_write_json
+from fgclep_plugin.train import split_argv
+from fgclep_plugin.training.injection import INJECTIONS
 
 
 def _stage(st: demo.Stages, tmp: Path, name: str, settings: dict, inputs: list[str], calls: list[str]) -> str:
@@ -68,6 +72,97 @@ def test_generator_spec_and_fast_defaults():
     assert demo.stage3_input({"train": "d/synth-train-{000000..000007}.tar"}, 2) == (
         "d/synth-train-{000000..000001}.tar"
     )
+
+
+def test_rule_and_stage3_injection_flags(capsys):
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+    rule = next(a for a in p._actions if a.dest == "rule")
+    assert set(rule.choices) == set(RULES) - {"oracle"}  # oracle is the perfect-validation run's rule
+    assert {"within-proposer", "lead-ensemble", "centred"} <= set(rule.choices)
+    assert p.parse_args(["--rule", "centred"]).rule == "centred"
+    inj = next(a for a in p._actions if a.dest == "stage3_injection")
+    assert tuple(inj.choices) == INJECTIONS and inj.default == STAGE3_INJECTION == "multi-positive"
+    with pytest.raises(SystemExit):  # the multi-positive loss runs in one process: refused before any work
+        demo.main(["--processes", "2", "--precision", "fp32"])
+    assert "trains in one process" in capsys.readouterr().err
+
+
+def _fake_stages(monkeypatch, tmp_path: Path) -> dict[str, list[str]]:
+    """The demo's pipeline with every stage replaced by one that writes its outputs at once; returns the
+    training command of each stage-3 run as it launched."""
+    from fgclep_plugin.demo import pipeline, stages
+
+    launched: dict[str, list[str]] = {}
+
+    def touch(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+        return path
+
+    def stage1(a, urls):
+        touch(demo.checkpoint_path(a.logs, a.name, a.epochs))
+        (Path(a.logs) / a.name / "curve.json").write_text("[]")
+
+    def stage2(a, urls, ckpt, kind):
+        folder = Path(a.out) / f"stage2-{kind}"
+        folder.mkdir(parents=True)
+        summary = {"urls": str(folder / "train-000000.tar"), "kept_per_report": 1.0, "rule": kind}
+        atomic_write_json(folder / "summary.json", {**summary, "ground_truth": []})
+        return summary
+
+    def train_run(a, urls, log=print):
+        launched[a.name] = stages.launch_command(a, urls)
+        return touch(demo.checkpoint_path(a.logs, a.name, a.epochs)).parents[1]
+
+    def write_report(out, rows, summaries, curve, ckpts, meta):
+        atomic_write_json(out / "results.json", {"table": [], "meta": meta})
+        (out / "results.md").write_text("| measure |")
+
+    corpus = {"train": str(tmp_path / "synth-train-{000000..000007}.tar"), "val": "val.tar"}
+    monkeypatch.setattr(pipeline, "ensure_synth_corpus", lambda root, workers=1: corpus)
+    for name, fn in (("stage1", stage1), ("stage2", stage2), ("train_run", train_run)):
+        monkeypatch.setattr(pipeline, name, fn)
+    monkeypatch.setattr(pipeline, "evaluate_all", lambda a, ckpts: [])
+    monkeypatch.setattr(pipeline, "figures", lambda a, ckpts: None)
+    monkeypatch.setattr(pipeline, "write_report", write_report)
+    return launched
+
+
+def test_stage3_runs_on_features_use_the_injection_and_rerun_when_it_changes(tmp_path, monkeypatch, capsys):
+    launched = _fake_stages(monkeypatch, tmp_path)
+    p = argparse.ArgumentParser()
+    demo.add_arguments(p)
+
+    def ran(*flags: str) -> list[str]:
+        capsys.readouterr()
+        args = p.parse_args(["--fast", "--out", str(tmp_path / "demo"), *flags])
+        demo.apply_fast(args, p)
+        demo.run_demo(args)
+        log = capsys.readouterr().out
+        return [line.split("]")[0][1:] for line in log.splitlines() if line.endswith("] running ...")]
+
+    def injection(run: str) -> str:  # as the training entry point reads the command
+        cmd = launched[run]
+        return split_argv(cmd[cmd.index("fgclep_plugin.train") + 1 :])[0].ecg_feature_injection
+
+    feature_runs = [f"stage3-{k}" for k in STAGE2_KINDS]
+    assert len(ran()) == 1 + len(STAGE2_KINDS) + len(demo.RUNS) + 1  # stage 1, 2, 3 and the evaluation
+    assert sorted(launched) == sorted([*feature_runs, "stage3-original"])
+    assert {run: injection(run) for run in feature_runs} == dict.fromkeys(feature_runs, "multi-positive")
+    assert (
+        "--ecg-feature-injection" not in launched["stage3-original"]
+    )  # no features: the entry point's default
+    results = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert results["meta"]["stage3_injection"] == "multi-positive"
+    assert ran() == []  # resumed
+    launched.clear()
+    assert sorted(ran("--stage3-injection", "caption")) == sorted([*feature_runs, "eval"])  # not stage 1 or 2
+    assert {run: injection(run) for run in launched} == dict.fromkeys(feature_runs, "caption")
+    # flags after -- override the injection (and, as every extra flag, re-run every training run)
+    launched.clear()
+    assert "stage1" in ran("--stage3-injection", "caption", "--", "--ecg-feature-injection", "append")
+    assert injection("stage3-validated") == injection("stage3-original") == "append"
 
 
 def test_demo_table_takes_each_column_from_its_rows():
@@ -170,6 +265,12 @@ def test_fast_demo_end_to_end(tmp_path, capsys):
         assert 0.3 < cell["value"] < 1.0 and low <= cell["value"] <= high, col
     assert table["ludb-rhythm zero-shot macro AUC (ens)"]["FG-CLEP"]["value"] > 0
     assert sorted(json.loads(p.read_text())["digest"] for p in (out / ".demo").glob("*.json"))
+    # the runs on stage-2 shards trained with the multi-positive injection; the original-report control without
+    for kind in demo.RUNS:
+        params = (out / f"stage3-{kind}" / "params.txt").read_text().splitlines()
+        want = "append" if kind == "original" else STAGE3_INJECTION
+        assert f"ecg_feature_injection: {want}" in params, kind
+    assert res["meta"]["stage3_injection"] == STAGE3_INJECTION
     assert list((out / "figures").rglob("*.png"))
     md = (out / "results.md").read_text()
     assert "| measure |" in md and "Stage-1 learning curve" in md

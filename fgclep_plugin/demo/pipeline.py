@@ -1,5 +1,6 @@
-"""The whole demo: corpus, stage 1, stage 2 (validated and keep-all), stage 3 (FG-CLEP and two controls), the
-evaluation and the report, chained through the stage runner (a re-run resumes)."""
+"""The whole demo: corpus, stage 1, stage 2 (validated, keep-all, oracle), stage 3 (FG-CLEP, two controls and
+the perfect-validation ceiling; the runs on stage-2 shards with ``--stage3-injection``), the evaluation and the
+report, chained through the stage runner (a re-run resumes; a changed injection re-runs those stage-3 runs)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,8 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     for kind in RUNS:
         data = stage3_input(urls, args.stage3_shards) if kind == "original" else summaries[kind]["urls"]
         name = f"stage3-{kind}"
+        # the runs on stage-2 shards: how their features enter (before the flags after --, which override it)
+        injection = [] if kind == "original" else ["--ecg-feature-injection", args.stage3_injection]
         s3 = stage_args(
             args,
             name,
@@ -90,10 +93,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             train_samples=args.stage3_samples,
             lr=args.stage3_lr,
             warmup=args.stage3_warmup,
-            extra=[*args.extra, "--pretrained", str(ck1)],
+            extra=[*injection, *args.extra, "--pretrained", str(ck1)],
         )
         s3_set = {k: getattr(s3, k) for k in (*TRAIN_KEYS, *TRAIN_KEYS_EXTRA)}
         s3_set["data"] = data
+        if injection:
+            s3_set["injection"] = args.stage3_injection
         st.run(
             name,
             s3_set,
@@ -117,6 +122,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             "model": args.model,
             "bootstrap": args.bootstrap,
             "seed": args.seed,
+            "stage3_injection": args.stage3_injection,
             "stage_seconds": st.seconds,
             "load_average": os.getloadavg(),
         }

@@ -101,6 +101,12 @@ def write_report(
             "CLEP = stage 1; FG-CLEP = stage 3 on validated features; unvalidated / original = stage 3 for the "
             "same epochs on every proposed feature / on the original reports (controls); perfect validation = "
             "stage 3 on the proposed features that are truly present (the ceiling of any validation rule)."
+        )
+        + (
+            f" FG-CLEP, unvalidated and perfect validation train on their features with "
+            f"`--ecg-feature-injection {meta['stage3_injection']}`."
+            if meta.get("stage3_injection")
+            else ""
         ),
         "",
         format_table(table),

@@ -3,14 +3,20 @@
 A stage-2 sample keeps its original report and kept features in ``json["stage2"]`` (``report``, ``kept``);
 its ``txt`` is the report with the kept features appended. Three ways to train on them:
 
-* ``append`` (default, the paper's): the ``txt`` as written, one caption per ECG;
+* ``append`` (default, the paper's): the ``txt`` as written, one caption per ECG. Measured on the synthetic
+  corpus (docs/results.md, "The study: how features enter training decides"), appended features lower waveform
+  feature zero-shot AUC even when they are all true; ``caption`` and ``multi-positive`` raise it, and
+  ``multi-positive`` is what ``fgclep demo`` trains stage 3 with;
 * ``caption``: each epoch an ECG's caption is drawn uniformly from its original report and each kept
   feature on its own (seeded by ``--seed``, the epoch and the sample key);
 * ``multi-positive``: the batch's texts are the B original reports followed by the U distinct kept features of
   the batch; ECG ``i``'s positives are its own report and every feature kept for it, and the sigmoid loss
   (``fgclep_plugin.model.loss.MultiPositiveLoss``) counts every other (ECG, text) pair as a negative.
 
-Samples without ``stage2`` (original shards) train on their ``txt`` in every mode. For ``multi-positive`` the
+Samples without ``stage2`` (original shards) train on their ``txt`` in every mode. ``append`` stays the entry
+point's default because it runs everywhere: ``multi-positive`` runs in one process (the loss raises in a
+multi-process run) and not with ``--accum-freq`` > 1 (open_clip's accumulation concatenates every model output
+along the batch, and a micro-batch's positives are ``[B, M]`` with its own M). For ``multi-positive`` the
 positives travel with the tokens through open_clip's loop (which hands the model ``(images, texts)``): the
 text tensor is ``[M, L + B]``, tokens then a 0/1 membership column per ECG; :func:`split_positives` wraps the
 model's ``forward`` to take them off before the text tower and add ``positives`` ``[B, M]`` to its output dict,
