@@ -312,3 +312,20 @@ def test_one_cli_convention(capsys):
         ).batch_size
         == 8
     )
+
+
+def test_light_command_modules_build_their_parsers_without_torch_scipy_or_wfdb():
+    """Start-up time: these subcommands' parsers come from modules that import torch / open_clip, scipy and wfdb
+    only when a command runs (seconds to load), so their --help and the fgclep parser need none of them."""
+    code = """
+import argparse, importlib, sys
+from fgclep_plugin import cli
+sub = argparse.ArgumentParser().add_subparsers()
+cli._add_shards(sub)
+cli._add_sources(sub)
+for name in ("synth.cli", "ecgdata.inspect", "bench.shards", "bench.all", "evaluate.commands", "deploy.classify"):
+    importlib.import_module("fgclep_plugin." + name).add_cli(sub)
+print(sorted(m for m in ("torch", "open_clip", "scipy", "wfdb", "sklearn", "matplotlib") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert r.stdout.strip() == "[]"
