@@ -25,11 +25,6 @@ LUDB = ROOT / "shards" / "ludb"
 TRAIN = "ludb-train-{000000..000002}.tar"
 SMALL = "small/s-{000000..000002}.tar"  # 3 shards of 4 LUDB samples (their own sizes.json): augment input
 
-# rewrite.run_augment checks `os.path.isfile` on every input shard (augment/rewrite.py, other owner)
-AUGMENT_LOCAL_ONLY = pytest.mark.xfail(
-    strict=True, reason="augment/rewrite.py: 'input shard not found' is an os.path.isfile check"
-)
-
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     """Serves the folder; ``/lying/NAME`` announces NAME's full length, sends a third and closes (a cut
@@ -178,7 +173,6 @@ def test_eval_zeroshot_on_http_equals_local(served, capsys, tmp_path, ckpt):
     assert first == rows(str(folder), tmp_path / "c3", ckpt)
 
 
-@AUGMENT_LOCAL_ONLY
 def test_augment_on_http_equals_local(served, capsys, tmp_path, ckpt):
     folder, base = served
 

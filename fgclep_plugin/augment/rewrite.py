@@ -40,6 +40,7 @@ from ..cliargs import (
     add_summary_json_argument,
 )
 from ..ecgdata import manifest as manifests
+from ..ecgdata.opener import local_path, open_url
 from ..ecgdata.outdir import check_writable_folder, remove_stale_temporaries
 from ..ecgdata.reader import decode_sample, expand_urls, iter_raw
 from ..ecgdata.records import CanonicalSample, RejectError
@@ -94,6 +95,21 @@ def augmented_text(report: str, kept: Sequence[str]) -> str:
         return report
     sep = "" if not report or report.endswith((".", "!", "?")) else "."
     return f"{report}{sep} {', '.join(kept)}.".strip()
+
+
+def check_inputs(urls: Sequence[str]) -> None:
+    """Raise ``FileNotFoundError`` naming the first input shard that is not there, before any work: a local
+    file (a path or ``file:`` URL) is looked up, a remote one opened through the shard opener (its error names
+    the URL; :class:`~fgclep_plugin.ecgdata.opener.MissingFilesystem` without the protocol's package). A
+    ``pipe:`` command is not run to find out."""
+    for url in urls:
+        path = local_path(url)
+        if path is not None:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"input shard {url} not found")
+        elif not url.startswith("pipe:"):
+            with open_url(url):
+                pass
 
 
 def read_shard(url: str) -> Iterator[tuple[str, dict[str, Any] | RejectError]]:
@@ -461,12 +477,11 @@ def run_augment(
     urls = expand_urls(data)
     if not urls:
         raise ValueError(f"--data {data!r} names no shards")
-    for u in urls:
-        if not os.path.isfile(u.removeprefix("file:")):
-            raise FileNotFoundError(f"input shard {u} not found")
+    check_inputs(urls)
     out_dir, name = _out_dir_and_name(out)
     outs = [str(out_dir / Path(out % k).name) for k in range(len(urls))]
-    if {os.path.abspath(u) for u in urls} & {os.path.abspath(o) for o in outs}:
+    local = {os.path.abspath(p) for p in map(local_path, urls) if p is not None}
+    if local & {os.path.abspath(o) for o in outs}:
         raise ValueError("--out would overwrite an input shard; inputs are never modified")
     llm_model = llm_model or (knowledge.VERSION if backend == "kb" else None)
     if llm_model is None:
