@@ -10,7 +10,8 @@ control of each seed. Reports every arm's paired gain over the control with an i
 records, stage-2 precision / recall against the truth, and a figure of gain vs mention rate (``OUT/results.md``,
 ``results.json``, ``gain_vs_mention_rate.png``). Resumable: a re-run skips finished steps.
 
-The default grid (3 rates x 3 seeds, 8 stage-3 runs per rate and seed) is several hours of CPU; ``--corpus`` and
+The default grid (3 rates x 3 seeds; per rate and seed the original-report control and 5 stage-2 arms x 2
+injections, 11 stage-3 runs) is several hours of CPU; ``--corpus`` and
 ``--stage1`` reuse a corpus and stage-1 checkpoint (e.g. the demo's for 0.3).
 """
 
@@ -78,14 +79,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--injections",
         nargs="+",
         choices=INJECTIONS,
-        default=list(INJECTIONS),
-        help="how the features enter stage 3",
+        default=["append", "multi-positive"],
+        help="how the features enter stage 3 (caption: measured with perfect features only, see docs/results.md)",
     )
     p.add_argument(
         "--injection-arms",
         nargs="+",
-        default=["perfect-features"],
-        help="arms trained with the injections other than append (append: every arm)",
+        default=None,
+        help="arms trained with the injections other than append (append: every arm; default: every arm)",
     )
     _add_per_rate(p, "--corpus", "DIR", "use this synthetic corpus for a rate (checked against its samples)")
     _add_per_rate(

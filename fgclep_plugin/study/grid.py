@@ -270,7 +270,7 @@ def run_rate(args: argparse.Namespace, rate: float, steps: Steps, cmd: Commands)
         (arm, inj)
         for arm in stage2_arms(args.rules, args.arms)
         for inj in args.injections
-        if inj == "append" or arm in args.injection_arms
+        if inj == "append" or args.injection_arms is None or arm in args.injection_arms
     ]
     for seed in args.seeds:
         for arm, inj in runs:
@@ -304,7 +304,7 @@ def run_study(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str,
         "seeds": list(args.seeds),
         "arms": ["stage1", "original", *stage2_arms(args.rules, args.arms)],
         "injections": list(args.injections),
-        "injection_arms": list(args.injection_arms),
+        "injection_arms": None if args.injection_arms is None else list(args.injection_arms),
         "recipe": {
             k: getattr(args, k)
             for k in (
