@@ -97,6 +97,15 @@ class FgClepLoss(SigLipLoss):
         self.detach_semantic = detach_semantic
         self.fnm_global = fnm_global
 
+    def _loss(self, image_features, text_features, logit_scale, logit_bias=None, negative_only=False):
+        """``SigLipLoss._loss`` (one block of the B x B pairs; every distributed implementation calls it) through
+        :func:`sigmoid_loss`, the term :class:`MultiPositiveLoss` uses too."""
+        b = image_features.shape[0]
+        signs = self.get_ground_truth(
+            image_features.device, image_features.dtype, b, negative_only=negative_only
+        )
+        return sigmoid_loss(image_features, text_features, signs, logit_scale, logit_bias)
+
     def fnm(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """Unweighted FNM term on this rank (local rows; local or global columns per ``fnm_global``)."""
         all_text = None
@@ -143,6 +152,22 @@ class FgClepLoss(SigLipLoss):
         return contrastive + weighted_fnm
 
 
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    signs: torch.Tensor,
+    logit_scale: torch.Tensor,
+    logit_bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The SigLIP sigmoid term over every (ECG, text) pair: ``-(1/B) sum_ij log sigmoid(z_ij (t e_i.t_j + b))``
+    over the B ECGs ``e_i`` and M texts ``t_j``, with ``signs`` ``z`` ``[B, M]`` (+1 positive, -1 negative).
+    The pair logits and the loss of ``open_clip.loss.SigLipLoss`` (its ``get_logits`` and ``_loss``)."""
+    logits = logit_scale * image_features @ text_features.T  # [B, M]
+    if logit_bias is not None:
+        logits = logits + logit_bias
+    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+
+
 def multi_positive_sigmoid_loss(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
@@ -150,14 +175,10 @@ def multi_positive_sigmoid_loss(
     logit_scale: torch.Tensor,
     logit_bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Sigmoid loss with any number of positive texts per ECG: ``-(1/B) sum_ij log sigmoid(z_ij (t e_i.t_j + b))``
-    over the B ECGs ``e_i`` and M texts ``t_j``, ``z_ij = +1`` where ``positives[i, j]`` else -1. With
-    ``positives = eye(B)`` this is ``SigLipLoss`` (one process)."""
-    logits = logit_scale * image_features @ text_features.T  # [B, M]
-    if logit_bias is not None:
-        logits = logits + logit_bias
-    signs = 2.0 * positives.to(logits.dtype) - 1.0
-    return -F.logsigmoid(signs * logits).sum() / image_features.shape[0]
+    """Sigmoid loss with any number of positive texts per ECG: :func:`sigmoid_loss` with ``z_ij = +1`` where
+    ``positives[i, j]`` else -1. With ``positives = eye(B)`` this is ``SigLipLoss`` (one process)."""
+    signs = 2.0 * positives.to(image_features.dtype) - 1.0
+    return sigmoid_loss(image_features, text_features, signs, logit_scale, logit_bias)
 
 
 class MultiPositiveLoss(FgClepLoss):
