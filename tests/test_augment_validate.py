@@ -462,3 +462,31 @@ def test_augment_with_a_new_rule_keeps_by_its_stored_score(corpus, ckpt, tmp_pat
               if c["feature"] is not None and c["feature"] not in st | m]  # fmt: skip
     truth = {r["rule"]: r for r in s["ground_truth"]}
     assert (truth["centred q=0.9"]["pairs"], truth["centred q=0.9"]["kept"]) == (len(scored), sum(scored))
+
+
+def test_augment_embeds_at_its_precision(corpus, ckpt, tmp_path, monkeypatch):
+    """--precision reaches every encoder call of the validation (ECGs, candidate texts): under amp_bf16 each one
+    runs inside a bfloat16 autocast, as it would on the GPU (was: fp32 whatever --precision said)."""
+    from fgclep_plugin.model import scoring
+
+    real = scoring.load_model
+    seen: dict[str, set] = {"image": set(), "text": set()}
+
+    def spying_load_model(*args, **kwargs):
+        lm = real(*args, **kwargs)
+        for tower in seen:
+            encode = getattr(lm.model, f"encode_{tower}")
+
+            def spy(*a, _encode=encode, _tower=tower, **k):
+                on = torch.is_autocast_enabled("cpu")
+                seen[_tower].add(torch.get_autocast_dtype("cpu") if on else None)
+                return _encode(*a, **k)
+
+            monkeypatch.setattr(lm.model, f"encode_{tower}", spy)
+        return lm
+
+    monkeypatch.setattr(scoring, "load_model", spying_load_model)
+    s = run_augment(_urls(corpus), str(tmp_path / "b" / "b-%06d.tar"), str(tmp_path / "cands"), MODEL, ckpt,
+                    progress=False, log=None, device="cpu", precision="amp_bf16")  # fmt: skip
+    assert s["precision"] == "amp_bf16" and s["samples"] == 14
+    assert seen == {"image": {torch.bfloat16}, "text": {torch.bfloat16}}

@@ -190,7 +190,9 @@ class TextTable:
             for root in roots:
                 group = ens_prompts(root)
                 lm = self.lm
-                self._chunks.append(embed_texts(lm.model, lm.tokenizer, group, device=lm.device))
+                self._chunks.append(
+                    embed_texts(lm.model, lm.tokenizer, group, device=lm.device, precision=lm.precision)
+                )
                 for i, t in enumerate(group):  # a text is only ever read from its own root's group
                     if ens_root(t) == root:
                         self.index[t] = self._rows + i
@@ -203,7 +205,7 @@ def ecg_embeddings(lm: LoadedModel, xs: Sequence[torch.Tensor], batch_size: int 
     if not len(xs):
         return torch.zeros(0, 0)
     chunks = (torch.stack(list(xs[i : i + batch_size])) for i in range(0, len(xs), batch_size))
-    return embed_ecgs(lm.model, chunks, device=lm.device)
+    return embed_ecgs(lm.model, chunks, device=lm.device, precision=lm.precision)
 
 
 def centring_offset(ecg_emb: torch.Tensor, texts: TextTable) -> torch.Tensor:
@@ -315,8 +317,8 @@ def naive_decisions(
     for x, cands in zip(ecgs, candidates):
         row = []
         for c in cands:
-            e = embed_ecgs(lm.model, [lm.preprocess(x)[None]], device=lm.device)
-            t = embed_texts(lm.model, lm.tokenizer, [c], device=lm.device)
+            e = embed_ecgs(lm.model, [lm.preprocess(x)[None]], device=lm.device, precision=lm.precision)
+            t = embed_texts(lm.model, lm.tokenizer, [c], device=lm.device, precision=lm.precision)
             p = float(pair_probability((e * t).sum(-1), lm.logit_scale, lm.logit_bias)[0])
             row.append((p, p > threshold))
         out.append(row)
