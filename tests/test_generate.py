@@ -212,6 +212,9 @@ def test_partition_covers_every_report_exactly_once(tmp_path, monkeypatch):
     assert process_index() == (2, 4) and process_index(2, 1) == (1, 2)
     with pytest.raises(ValueError, match="shard-index"):
         process_index(2, 2)
+    monkeypatch.setenv("RANK", "4")  # the launcher's variables are checked as model.device checks them
+    with pytest.raises(ValueError, match=r"RANK 4 is not in \[0, WORLD_SIZE 4\)"):
+        process_index()
 
 
 def test_garbage_and_failed_answers(tmp_path):

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..ecgdata.outdir import check_writable_folder
+from ..model.device import process_index as launcher_process_index
 from .backends import BACKENDS, Backend, make_backend
 from .cache import CandidateCache
 from .text import MAX_FEATURE_CHARS, MAX_FEATURES, PROMPT_VERSION, normalise_report, parse_answer, report_key
@@ -74,9 +75,10 @@ def part_of(key: str, num_parts: int) -> int:
 
 
 def process_index(num_shards: int | None = None, shard_index: int | None = None) -> tuple[int, int]:
-    """(index, count) of this process: explicit options, else ``RANK`` / ``WORLD_SIZE``, else (0, 1)."""
+    """(index, count) of this process: explicit ``--num-shards`` / ``--shard-index``, else the launcher's
+    (:func:`fgclep_plugin.model.device.process_index`: ``RANK`` / ``WORLD_SIZE``, else (0, 1))."""
     if num_shards is None and shard_index is None:
-        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+        return launcher_process_index()
     n = 1 if num_shards is None else num_shards
     i = 0 if shard_index is None else shard_index
     if n < 1 or not 0 <= i < n:
