@@ -202,6 +202,21 @@ def test_augment_on_http_equals_local(served, capsys, tmp_path, ckpt):
     assert remote[1]["samples"] == 12 and remote[1]["kept_per_report"] > 0  # reports were rewritten
 
 
+def test_augment_over_http_with_a_missing_shard_is_one_error_line(served, capsys, tmp_path, ckpt):
+    """The set's second shard is not on the server: augment stops before any work (no model loaded, nothing
+    written) with one line naming that URL and exit status 1, not a traceback."""
+    _, base = served
+    capsys.readouterr()
+    out = tmp_path / "aug"
+    rc = main(["augment", "--data", f"{base}/small/s-{{000002..000003}}.tar", "--out", str(out / "a-%06d.tar"),
+               "--cache", str(tmp_path / "cands"), "--model", "FGCLEP-Tiny", "--checkpoint", ckpt, "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert len(err) == 1 and err[0].startswith("fgclep augment: error:"), err
+    assert f"{base}/small/s-000003.tar" in err[0] and "s-000002" not in err[0]
+    assert "Traceback" not in err[0] and not out.exists()
+
+
 def test_file_urls_read_the_local_files(served):
     folder, _ = served
     want = [r["__key__"] for r in iter_raw(str(folder / SMALL))]
