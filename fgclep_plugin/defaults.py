@@ -18,3 +18,9 @@ LUDB_DATA = "shards/ludb"  # the shipped LUDB shards (train = records 1-150, tes
 # Records under 10 s are padded to 10 s and keep their length in the metadata (`seconds_original`,
 # `padded_s`). The Python API (`ecgdata.ecg.canonicalize`) keeps its stricter 8 s default.
 MIN_SECONDS = 5.0
+
+# The choices of flags that the light command parsers offer, copied from the modules that act on them
+# (`training.injection.INJECTIONS`, `augment.validate.RULES`): those modules import torch, which the `fgclep`
+# parser must not load (start-up time). tests/test_cli.py pins each copy equal to its original.
+INJECTIONS = ("append", "caption", "multi-positive")  # the training entry point's --ecg-feature-injection
+AUGMENT_RULES = ("quantile", "within-proposer", "lead-ensemble", "centred", "cosine", "paper", "oracle")

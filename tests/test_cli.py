@@ -315,17 +315,34 @@ def test_one_cli_convention(capsys):
 
 
 def test_light_command_modules_build_their_parsers_without_torch_scipy_or_wfdb():
-    """Start-up time: these subcommands' parsers come from modules that import torch / open_clip, scipy and wfdb
-    only when a command runs (seconds to load), so their --help and the fgclep parser need none of them."""
+    """Start-up time: these subcommands' parsers (demo, eval and study among them) come from modules that import
+    torch / open_clip, scipy and wfdb only when a command runs (seconds to load), so their --help and the fgclep
+    parser need none of them."""
     code = """
 import argparse, importlib, sys
 from fgclep_plugin import cli
 sub = argparse.ArgumentParser().add_subparsers()
 cli._add_shards(sub)
 cli._add_sources(sub)
-for name in ("synth.cli", "ecgdata.inspect", "bench.shards", "bench.all", "evaluate.commands", "deploy.classify"):
+for name in (
+    "synth.cli", "ecgdata.inspect", "bench.shards", "bench.all", "evaluate.commands", "deploy.classify",
+    "demo.cli", "evaluate.cli", "study.cli", "deploy.export",
+):
     importlib.import_module("fgclep_plugin." + name).add_cli(sub)
 print(sorted(m for m in ("torch", "open_clip", "scipy", "wfdb", "sklearn", "matplotlib") if m in sys.modules))
 """
     r = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_light_copies_of_flag_choices_equal_their_originals():
+    """The parsers offer these choices without importing the torch-loading modules that define them; a rule or
+    injection added there must be added to the copy too, or the flag would refuse it."""
+    from fgclep_plugin import defaults
+    from fgclep_plugin.augment.validate import RULES
+    from fgclep_plugin.demo.config import DEMO_RULES
+    from fgclep_plugin.training.injection import INJECTIONS
+
+    assert defaults.INJECTIONS == INJECTIONS
+    assert defaults.AUGMENT_RULES == RULES
+    assert DEMO_RULES == tuple(r for r in RULES if r != "oracle")

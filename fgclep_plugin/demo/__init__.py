@@ -10,25 +10,47 @@
 
 from __future__ import annotations
 
+from importlib import import_module
+from typing import Any
+
 from .cli import DESCRIPTION, add_arguments, add_cli, apply_fast, main
 from .config import COLUMNS, DEMO_FNM_LAMBDA, FAST, KEEP_ALL, PROBE_TASKS, RUN_LABELS, RUNS, ZS_TASKS
-from .pipeline import checkpoint_paths, run_demo
-from .report import demo_table, format_curve, format_table
-from .runner import Stages
-from .stages import (
-    checkpoint_path,
-    evaluate_all,
-    figures,
-    launch_command,
-    parse_generator,
-    read_curve,
-    run,
-    stage1,
-    stage2,
-    stage3_input,
-    train_run,
-    untrained_auc,
-)
+
+# Imported on first use (see __getattr__): these modules load torch and open_clip, and the ``fgclep`` command
+# imports this package to build its parser (start-up time).
+_LAZY = {
+    "checkpoint_paths": "pipeline",
+    "run_demo": "pipeline",
+    "demo_table": "report",
+    "format_curve": "report",
+    "format_table": "report",
+    "Stages": "runner",
+    **dict.fromkeys(
+        (
+            "checkpoint_path",
+            "evaluate_all",
+            "figures",
+            "launch_command",
+            "parse_generator",
+            "read_curve",
+            "run",
+            "stage1",
+            "stage2",
+            "stage3_input",
+            "train_run",
+            "untrained_auc",
+        ),
+        "stages",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The names of :mod:`.pipeline`, :mod:`.report`, :mod:`.runner` and :mod:`.stages`, imported on first use."""
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",

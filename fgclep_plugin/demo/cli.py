@@ -8,12 +8,9 @@ import sys
 
 from .. import trainargs
 from ..cliargs import HelpFormatter, add_command, add_out_argument, add_seed_argument
-from ..defaults import DEFAULT_MODEL, LUDB_DATA, SYNTH_DATA
-from ..training.injection import INJECTIONS
+from ..defaults import DEFAULT_MODEL, INJECTIONS, LUDB_DATA, SYNTH_DATA
 from ..training.precision import resolve_precision
 from .config import DEMO_FNM_LAMBDA, DEMO_RULES, FAST, STAGE3_INJECTION, STAGE3_LR, STAGE3_WARMUP
-from .pipeline import run_demo
-from .stages import parse_generator, run
 
 DESCRIPTION = """Demo: the whole FG-CLEP method on the embedded data, one command, one table.
 
@@ -126,6 +123,10 @@ def apply_fast(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
 
 
 def _main_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    # imported here: the stages load torch and open_clip, and `fgclep` imports this module for its parser
+    from .pipeline import run_demo
+    from .stages import parse_generator, run
+
     if args.precision == "auto":
         args.precision = resolve_precision("auto", "cpu")
         print(f"[precision] auto -> {args.precision} (native bf16 on this CPU: {args.precision != 'fp32'})")

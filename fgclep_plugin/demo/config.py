@@ -3,7 +3,7 @@ their features enter training, the evaluated tasks."""
 
 from __future__ import annotations
 
-from ..augment.validate import RULES
+from ..defaults import AUGMENT_RULES
 
 # FNM weight of the demo. With Eq. 6's normalisation (the loss default) the FNM term sums each ECG's |cos - S|
 # over the B reports, so it grows with the batch; at the demo's B = 32 the paper's 0.5 makes FNM more than twice
@@ -30,7 +30,7 @@ RUN_LABELS = dict(zip(RUNS, ("FG-CLEP", "unvalidated", "original", "perfect vali
 STAGE2_KINDS = ("validated", "unvalidated", "perfect-validation")  # the stage-3 runs that read stage 2
 COLUMNS = ("CLEP", *RUN_LABELS.values())  # stage 1, then stage 3 on each training data
 # --rule of the FG-CLEP run: every stage-2 rule but oracle (the synthetic truth is the perfect-validation run's).
-DEMO_RULES = tuple(r for r in RULES if r != "oracle")
+DEMO_RULES = tuple(r for r in AUGMENT_RULES if r != "oracle")
 KEEP_ALL = {"rule": "cosine", "cosine_threshold": -2.0}  # cosine is >= -1: every candidate kept (control)
 # Stage-3 recipe (docs/results.md "Stage-3 recipe"): lr 1e-4 with no warm-up from the stage-1 weights cost 5-7
 # points of feature zero-shot AUC on the original reports; 3e-5 with 10 warm-up steps ends within 0.01 of stage 1.

@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cliargs import (
     add_command,
@@ -18,9 +19,11 @@ from ..cliargs import (
 )
 from ..defaults import LUDB_DATA, MERL_DATA, MIN_SECONDS, SYNTH_DATA
 from ..model.device import process_index
-from .api import EvalSettings, evaluate
 from .results import format_markdown, write_results
 from .tasks import ALL_TASKS, LUDB_TASKS, MERL_DATASETS, MERL_TASKS, build_benchmark, get_task, is_url
+
+if TYPE_CHECKING:
+    from .api import EvalSettings
 
 EXAMPLES = """examples:
   fgclep eval build ptbxl --root /data/ptb-xl --benchmarks merl-benchmark --out shards/merl
@@ -100,6 +103,8 @@ def task_family(name: str) -> str:
 
 def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]) -> EvalSettings:
     """The :class:`~.api.EvalSettings` of a parsed ``fgclep eval zeroshot | linear | all`` command line."""
+    from .api import EvalSettings  # imported here: the API loads torch, and `fgclep` imports this module
+
     return EvalSettings(
         checkpoints=dict(map(parse_checkpoint, args.checkpoint)),
         tasks=args.task,
@@ -124,6 +129,8 @@ def settings_from_args(args: argparse.Namespace, protocols: tuple[str, ...]) -> 
 
 def run_eval(args: argparse.Namespace) -> int:
     """``fgclep eval zeroshot | linear | all``: evaluate, write results.json + results.md, print the table."""
+    from .api import evaluate  # imported here: the API loads torch, and `fgclep` imports this module
+
     protocols = {"zeroshot": ("zeroshot",), "linear": ("linear",), "all": ("zeroshot", "linear")}[
         args.eval_command
     ]

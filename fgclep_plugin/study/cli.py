@@ -22,10 +22,8 @@ from pathlib import Path
 
 from .. import trainargs
 from ..cliargs import HelpFormatter
-from ..defaults import DEFAULT_MODEL
+from ..defaults import DEFAULT_MODEL, INJECTIONS
 
-# training.injection.INJECTIONS, not imported: torch would load whenever the fgclep parser is built
-INJECTIONS = ("append", "caption", "multi-positive")
 # --fast: FGCLEP-Tiny on a tiny corpus, two rates, two seeds, one stage-2 arm with two injections (the study's
 # test: every step and the report run; too small to learn).
 FAST = {
