@@ -23,6 +23,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 
 from .ecgdata.reader import expand_urls
+from .model.device import process_index
 
 
 def plugin_parser() -> argparse.ArgumentParser:
@@ -150,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         plugin_parser().print_help()
         print("\nopen_clip_train flags:\n")
     plugin_args, rest = split_argv(argv)
+    problem = check_injection(plugin_args, rest)
+    if problem:  # a usage error, before any work (the loss would raise it at the first step)
+        print(f"fgclep_plugin.train: error: {problem}", file=sys.stderr)
+        return 2
     problem = check_train_data(rest)
     if problem:  # before any work: open_clip would train 0 steps (or loop forever with --dataset-resampled)
         print(f"fgclep_plugin.train: error: {problem}", file=sys.stderr)
@@ -173,6 +178,36 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         except BadCheckpoint as e:
             print(f"fgclep_plugin.train: error: {e}", file=sys.stderr)
             return 1
+
+
+def check_injection(
+    plugin_args: argparse.Namespace, argv: Sequence[str], world_size: int | None = None
+) -> str | None:
+    """Why ``--ecg-feature-injection`` cannot run with these open_clip_train flags ``argv`` and ``world_size``
+    processes (default: the launcher's ``WORLD_SIZE``, :func:`fgclep_plugin.model.device.process_index`), or
+    None. ``multi-positive`` runs in one process without ``--accum-freq`` (:mod:`.training.injection`): the loss
+    would raise at the first step, after the model, the data and the zero-shot set were loaded."""
+    if getattr(plugin_args, "ecg_feature_injection", "append") != "multi-positive":
+        return None
+    if world_size is None:
+        world_size = process_index()[1]
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--accum-freq", default="1")
+    accum = p.parse_known_args(list(argv))[0].accum_freq
+    why = []
+    if world_size > 1:
+        why.append(f"{world_size} processes (WORLD_SIZE)")
+    try:
+        if int(accum) > 1:
+            why.append(f"--accum-freq {accum}")
+    except ValueError:  # not a number: open_clip's parser refuses it
+        pass
+    if not why:
+        return None
+    return (
+        f"--ecg-feature-injection multi-positive runs in one process without --accum-freq; got "
+        f"{' and '.join(why)} (use one process and --accum-freq 1, or --ecg-feature-injection append or caption)"
+    )
 
 
 def check_train_data(argv: Sequence[str]) -> str | None:

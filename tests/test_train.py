@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from train_helpers import LUDB_TEST, LUDB_ZEROSHOT, tiny_run_argv
 
 from fgclep_plugin.ecgdata.reader import iter_samples
 from fgclep_plugin.model.registry import register
-from fgclep_plugin.train import main, split_argv
+from fgclep_plugin.train import check_injection, main, split_argv
 from fgclep_plugin.training.hooks import training_hooks
 
 
@@ -300,3 +302,36 @@ def test_demo_prints_a_curve_from_a_real_run(tmp_path, capsys):
     assert len(losses) == 8
     assert rows[2]["siglip"] == pytest.approx(sum(x["contrastive_loss"] for x in losses[4:]) / 4)
     assert "zero-shot AUC" in capsys.readouterr().out
+
+
+def test_multi_positive_with_accum_freq_is_refused_before_any_work(tmp_path):
+    """The entry point itself, one CPU process: one error line and exit status 2 before open_clip is loaded or
+    the run folder made (was: a NotImplementedError from the loss at the first step)."""
+    argv = [*tiny_run_argv(tmp_path, "mp", 16, 4), "--ecg-feature-injection", "multi-positive"]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "fgclep_plugin.train", *argv, "--accum-freq", "2"],
+                       check=False, capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1, r.stderr
+    assert err[0].startswith("fgclep_plugin.train: error: --ecg-feature-injection multi-positive")
+    assert "--accum-freq 2" in err[0] and "processes" not in err[0]
+    assert not (tmp_path / "mp").exists()  # no run folder: open_clip never started
+
+
+def test_multi_positive_in_several_processes_is_refused_at_start_up(tmp_path, monkeypatch, capsys):
+    plugin = split_argv(["--ecg-feature-injection", "multi-positive"])[0]
+    assert check_injection(plugin, ["--accum-freq", "1"], world_size=1) is None
+    assert "2 processes" in check_injection(plugin, [], world_size=2)
+    both = check_injection(plugin, ["--accum-freq", "4"], world_size=8)
+    assert "8 processes" in both and "--accum-freq 4" in both
+    append = split_argv(["--ecg-feature-injection", "append"])[0]
+    assert check_injection(append, ["--accum-freq", "4"], world_size=8) is None  # other modes run anywhere
+    # as a launcher's process sees it: WORLD_SIZE 2, refused by main before open_clip_train runs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(oc_main, "main", lambda argv: pytest.fail("open_clip_train started"))
+    argv = [*tiny_run_argv(tmp_path, "mp", 16, 4), "--ecg-feature-injection", "multi-positive"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multi-positive" in err[0] and "2 processes (WORLD_SIZE)" in err[0]
