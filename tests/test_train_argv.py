@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from fgclep_plugin.demo.stages import launch_command
 from fgclep_plugin.study.grid import stage3_over, train_argv
 from fgclep_plugin.train import accelerate_cpu_command
@@ -78,3 +80,39 @@ def test_demo_launch_command_is_pinned():
         "--ecg-zeroshot-data", "v.tar", "--ecg-zeroshot-label-key", "diagnoses", "--zeroshot-frequency", "1",
         "--loss-log", "runs/demo/stage1/losses", "--fnm-lambda", "0.05", "--grad-checkpointing",
     ]  # fmt: skip
+
+
+def test_demo_stage3_settings_come_from_the_shared_recipe():
+    """The demo's original-report control has no injection flag; the flags after -- stand before the checkpoint
+    flag (so they may override the injection but not the checkpoint); an unknown init is refused."""
+    from fgclep_plugin.trainargs import stage3_over as shared_stage3_over
+
+    args = _study_args()
+    got = shared_stage3_over(args, "ck.pt", None, extra=["--grad-checkpointing"])
+    assert got == {
+        "epochs": 2, "train_samples": 800, "lr": 3e-5, "warmup": 10,
+        "extra": ["--grad-checkpointing", "--pretrained", "ck.pt"],
+    }  # fmt: skip
+    assert shared_stage3_over(args, "ck.pt", "caption", extra=["-x"])["extra"] == [
+        "--ecg-feature-injection", "caption", "-x", "--pretrained", "ck.pt",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="stage-3 init"):
+        shared_stage3_over(args, "ck.pt", None, init="fresh")
+
+
+def test_demo_and_study_share_the_training_options():
+    """One definition of the training flags: the same defaults in both commands, but for the FNM weight and the
+    precision each command chooses (demo: auto; study: fp32, the manifests' value)."""
+    from fgclep_plugin.demo import cli as demo_cli
+    from fgclep_plugin.study import cli as study_cli
+
+    parsed = {}
+    for name, module in (("demo", demo_cli), ("study", study_cli)):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        parsed[name] = vars(p.parse_args([]))
+    shared = ("epochs", "train_samples", "batch_size", "lr", "warmup", "fnm_lambda", "workers")
+    shared += ("calib_size", "stage3_shards", "stage3_epochs", "stage3_samples", "stage3_lr", "stage3_warmup")
+    assert {k: parsed["demo"][k] for k in shared} == {k: parsed["study"][k] for k in shared}
+    assert (parsed["demo"]["precision"], parsed["study"]["precision"]) == ("auto", "fp32")
+    assert "stage3_init" in parsed["study"] and "stage3_init" not in parsed["demo"]

@@ -10,7 +10,7 @@ from .. import trainargs
 from ..cliargs import HelpFormatter, add_command, add_out_argument, add_seed_argument
 from ..defaults import DEFAULT_MODEL, INJECTIONS, LUDB_DATA, SYNTH_DATA
 from ..training.precision import resolve_precision
-from .config import DEMO_FNM_LAMBDA, DEMO_RULES, FAST, STAGE3_INJECTION, STAGE3_LR, STAGE3_WARMUP
+from .config import DEMO_FNM_LAMBDA, DEMO_RULES, FAST, STAGE3_INJECTION
 
 DESCRIPTION = """Demo: the whole FG-CLEP method on the embedded data, one command, one table.
 
@@ -43,22 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--root", dest="synth_data", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )  # older name
     p.add_argument("--model", default=DEFAULT_MODEL, help="open_clip model config")
-    p.add_argument("--epochs", type=int, default=6, help="training epochs")
-    p.add_argument("--train-samples", type=int, default=1600, help="training samples per epoch")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size per process")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up steps")
-    p.add_argument(
-        "--fnm-lambda",
-        type=float,
-        default=DEMO_FNM_LAMBDA,
-        help="weight of the FNM term (Eq. 6 normalisation; the paper's 0.5 is measured too strong at batch 32)",
-    )
-    p.add_argument("--workers", type=int, default=1, help="dataloader workers")
-    p.add_argument(
-        "--precision",
-        default="auto",
-        help="open_clip precision; auto: amp_bf16 on a CPU with native bf16 (AVX512-BF16/AMX: ~2x fp32), "
+    trainargs.add_training_arguments(
+        p,
+        fnm_lambda=DEMO_FNM_LAMBDA,
+        fnm_help="weight of the FNM term (Eq. 6 normalisation; the paper's 0.5 is measured too strong at batch 32)",
+        precision="auto",
+        precision_help="open_clip precision; auto: amp_bf16 on a CPU with native bf16 (AVX512-BF16/AMX: ~2x fp32), "
         "else fp32 (emulated bf16 is ~30x slower in the text tower's backward)",
     )
     p.add_argument("--processes", type=int, default=1, help="accelerate processes (CPU)")
@@ -96,12 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=DEMO_RULES,
         help="stage-2 rule of the FG-CLEP run (fgclep augment --rule; oracle is the perfect-validation run's)",
     )
-    g.add_argument("--calib-size", type=int, default=500, help="reference ECGs of the quantile rule")
-    g.add_argument("--stage3-shards", type=int, default=2, help="training shards (500 ECGs each) augmented")
-    g.add_argument("--stage3-epochs", type=int, default=2, help="stage-3 epochs (each run and control)")
-    g.add_argument("--stage3-samples", type=int, default=800, help="stage-3 training samples per epoch")
-    g.add_argument("--stage3-lr", type=float, default=STAGE3_LR, help="stage-3 learning rate (fresh AdamW)")
-    g.add_argument("--stage3-warmup", type=int, default=STAGE3_WARMUP, help="stage-3 warm-up steps")
+    trainargs.add_stage3_arguments(g)
     g.add_argument(
         "--stage3-injection",
         choices=INJECTIONS,

@@ -32,15 +32,12 @@ COLUMNS = ("CLEP", *RUN_LABELS.values())  # stage 1, then stage 3 on each traini
 # --rule of the FG-CLEP run: every stage-2 rule but oracle (the synthetic truth is the perfect-validation run's).
 DEMO_RULES = tuple(r for r in AUGMENT_RULES if r != "oracle")
 KEEP_ALL = {"rule": "cosine", "cosine_threshold": -2.0}  # cosine is >= -1: every candidate kept (control)
-# Stage-3 recipe (docs/results.md "Stage-3 recipe"): lr 1e-4 with no warm-up from the stage-1 weights cost 5-7
-# points of feature zero-shot AUC on the original reports; 3e-5 with 10 warm-up steps ends within 0.01 of stage 1.
-STAGE3_LR, STAGE3_WARMUP = 3e-5, 10
 # How the kept features enter stage 3 (the entry point's --ecg-feature-injection) in the runs that read stage 2;
 # the original-report control has no features and keeps the entry point's default. Measured (docs/results.md
-# "The study: how features enter training decides"; 3 seeds, mention rate 0.3, the recipe above): appended to
-# the report, even true features lower synth-feature zero-shot AUC (perfect features -0.041); as extra positives
-# of the multi-positive sigmoid loss they raise it (perfect features +0.155, validated by the quantile rule
-# +0.114). Multi-positive trains in one process.
+# "The study: how features enter training decides"; 3 seeds, mention rate 0.3, trainargs' stage-3 recipe):
+# appended to the report, even true features lower synth-feature zero-shot AUC (perfect features -0.041); as
+# extra positives of the multi-positive sigmoid loss they raise it (perfect features +0.155, validated by the
+# quantile rule +0.114). Multi-positive trains in one process.
 STAGE3_INJECTION = "multi-positive"
 ZS_TASKS = ("synth-diagnosis", "synth-feature", "ludb-rhythm")
 PROBE_TASKS = ("synth-diagnosis", "synth-feature")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..synth.corpus import ensure_synth_corpus
+from ..trainargs import stage3_over
 from .config import RUN_LABELS, RUNS, STAGE2_KINDS
 from .report import format_table, write_report
 from .runner import Stages
@@ -85,20 +86,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         data = stage3_input(urls, args.stage3_shards) if kind == "original" else summaries[kind]["urls"]
         name = f"stage3-{kind}"
         # the runs on stage-2 shards: how their features enter (before the flags after --, which override it)
-        injection = [] if kind == "original" else ["--ecg-feature-injection", args.stage3_injection]
-        s3 = stage_args(
-            args,
-            name,
-            epochs=args.stage3_epochs,
-            train_samples=args.stage3_samples,
-            lr=args.stage3_lr,
-            warmup=args.stage3_warmup,
-            extra=[*injection, *args.extra, "--pretrained", str(ck1)],
-        )
+        injection = None if kind == "original" else args.stage3_injection
+        s3 = stage_args(args, name, **stage3_over(args, ck1, injection, extra=args.extra))
         s3_set = {k: getattr(s3, k) for k in (*TRAIN_KEYS, *TRAIN_KEYS_EXTRA)}
         s3_set["data"] = data
         if injection:
-            s3_set["injection"] = args.stage3_injection
+            s3_set["injection"] = injection
         st.run(
             name,
             s3_set,

@@ -95,28 +95,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--val", type=int, default=500, help="validation records")
     g.add_argument("--test", type=int, default=500, help="test records")
     g.add_argument("--gen-workers", type=int, default=2, help="corpus generator processes")
-    g.add_argument("--epochs", type=int, default=6, help="stage-1 epochs")
-    g.add_argument("--train-samples", type=int, default=1600, help="stage-1 samples per epoch")
-    g.add_argument("--batch-size", type=int, default=32, help="batch size")
-    g.add_argument("--lr", type=float, default=3e-4, help="stage-1 learning rate")
-    g.add_argument("--warmup", type=int, default=10, help="stage-1 warm-up steps")
-    g.add_argument("--fnm-lambda", type=float, default=0.05, help="FNM weight (the demo's)")
-    g.add_argument("--workers", type=int, default=1, help="dataloader workers")
-    g.add_argument("--precision", default="fp32", help="open_clip precision")
-    g = p.add_argument_group("stage 2 and stage 3 (the recipe)")
-    g.add_argument("--calib-size", type=int, default=500, help="reference ECGs of the quantile rule")
-    g.add_argument("--stage3-shards", type=int, default=2, help="training shards (500 records each)")
-    g.add_argument("--stage3-epochs", type=int, default=2, help="stage-3 epochs")
-    g.add_argument("--stage3-samples", type=int, default=800, help="stage-3 samples per epoch")
-    g.add_argument(
-        "--stage3-init",
-        choices=("pretrained", "resume"),
-        default="pretrained",
-        help="pretrained: fresh optimizer from the stage-1 weights at --stage3-lr; resume: continue "
-        "the stage-1 run (its optimizer and schedule) for --stage3-epochs more",
+    trainargs.add_training_arguments(
+        g,
+        fnm_lambda=0.05,
+        fnm_help="FNM weight (the demo's)",
+        precision="fp32",
+        precision_help="open_clip precision",
     )
-    g.add_argument("--stage3-lr", type=float, default=3e-5, help="stage-3 learning rate (pretrained)")
-    g.add_argument("--stage3-warmup", type=int, default=10, help="stage-3 warm-up steps (pretrained)")
+    g = p.add_argument_group("stage 2 and stage 3 (the recipe)")
+    trainargs.add_stage3_arguments(g, init=True)
     g = p.add_argument_group("report")
     g.add_argument("--bootstrap", type=int, default=1000, help="two-level bootstrap resamples")
     g.add_argument("--eval-batch-size", type=int, default=64, help="ECGs per encoder batch when scoring")

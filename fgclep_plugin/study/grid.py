@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import trainargs
 from ..augment import rewrite as augment_cli
 from ..ecgdata import manifest
 from ..ecgdata.atomic import atomic_write_bytes, atomic_write_json
@@ -152,23 +153,9 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def stage3_over(args: argparse.Namespace, ck1: Path, injection: str) -> dict[str, Any]:
-    """Stage-3 recipe: ``pretrained`` = a fresh optimizer from the stage-1 weights at ``--stage3-lr``;
-    ``resume`` = open_clip's ``--resume`` of the stage-1 run (its optimizer state and LR schedule) for
-    ``--stage3-epochs`` more epochs."""
-    extra = ["--ecg-feature-injection", injection]
-    if args.stage3_init == "resume":
-        return {
-            "epochs": args.epochs + args.stage3_epochs,
-            "samples": args.stage3_samples,
-            "extra": [*extra, "--resume", str(ck1)],
-        }
-    return {
-        "epochs": args.stage3_epochs,
-        "samples": args.stage3_samples,
-        "lr": args.stage3_lr,
-        "warmup": args.stage3_warmup,
-        "extra": [*extra, "--pretrained", str(ck1)],
-    }
+    """The study's stage-3 run from ``ck1`` with ``injection``, as ``--stage3-init`` says
+    (:func:`fgclep_plugin.trainargs.stage3_over`)."""
+    return trainargs.stage3_over(args, ck1, injection, args.stage3_init)
 
 
 def rate_dir(out: Path, rate: float) -> Path:
