@@ -490,3 +490,46 @@ def test_augment_embeds_at_its_precision(corpus, ckpt, tmp_path, monkeypatch):
                     progress=False, log=None, device="cpu", precision="amp_bf16")  # fmt: skip
     assert s["precision"] == "amp_bf16" and s["samples"] == 14
     assert seen == {"image": {torch.bfloat16}, "text": {torch.bfloat16}}
+
+
+def test_augment_workers_prepare_the_shards_and_write_the_same_bytes(corpus, ckpt, tmp_path, monkeypatch):
+    """--workers 2: every input shard is decoded and transformed in a DataLoader worker while the main process
+    scores the one before, and the shards are byte for byte those of a run without workers, also a lost one
+    rewritten on resuming (a shard's fresh ECGs are embedded in batches of its own samples, whichever process
+    read it and whichever shards are left)."""
+    from fgclep_plugin.augment import shardscore
+
+    real, log = shardscore.prepare_shard, tmp_path / "prepared.txt"
+
+    def spy(url, preprocess):  # runs where the shard is read: a forked worker sees this patch
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()} {Path(url).name}\n")
+        return real(url, preprocess)
+
+    def read_log() -> list[tuple[int, str]]:
+        rows = [(int(p), name) for p, name in (line.split() for line in log.read_text().splitlines())]
+        log.unlink()
+        return rows
+
+    monkeypatch.setattr(shardscore, "prepare_shard", spy)
+    cache = str(tmp_path / "cands")
+    runs = {}
+    for workers in (0, 2):  # calib_size 3: one reference ECG per shard, the others embedded fresh
+        out = tmp_path / f"w{workers}"
+        s = run_augment(_urls(corpus), str(out / "a-%06d.tar"), cache, MODEL, ckpt, calib_size=3,
+                        progress=False, log=None, device="cpu", workers=workers)  # fmt: skip
+        runs[workers] = (s, read_log())
+        assert s["samples"] == 14
+    here = os.getpid()
+    assert sorted(name for _, name in runs[0][1]) == [f"synth-test-{k:06d}.tar" for k in range(3)]
+    assert {pid for pid, _ in runs[0][1]} == {here}
+    assert sorted(name for _, name in runs[2][1]) == sorted(name for _, name in runs[0][1])
+    assert here not in {pid for pid, _ in runs[2][1]} and len({pid for pid, _ in runs[2][1]}) == 2
+    assert _digest(tmp_path / "w0") == _digest(tmp_path / "w2") and len(_digest(tmp_path / "w0")) == 3
+    lost = tmp_path / "w2" / "a-000001.tar"
+    old = lost.read_bytes()
+    lost.unlink()
+    again = run_augment(_urls(corpus), str(tmp_path / "w2" / "a-%06d.tar"), cache, MODEL, ckpt, calib_size=3,
+                        progress=False, log=None, device="cpu", workers=2)  # fmt: skip
+    assert again["shards_written_now"] == 1 and lost.read_bytes() == old
+    assert [name for _, name in read_log()] == ["synth-test-000001.tar"]

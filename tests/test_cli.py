@@ -315,7 +315,7 @@ def test_one_cli_convention(capsys):
 
 
 def test_light_command_modules_build_their_parsers_without_torch_scipy_or_wfdb():
-    """Start-up time: these subcommands' parsers (demo, eval and study among them) come from modules that import
+    """Start-up time: these subcommands' parsers (demo, eval, study and augment among them) come from modules that import
     torch / open_clip, scipy and wfdb only when a command runs (seconds to load), so their --help and the fgclep
     parser need none of them."""
     code = """
@@ -326,7 +326,7 @@ cli._add_shards(sub)
 cli._add_sources(sub)
 for name in (
     "synth.cli", "ecgdata.inspect", "bench.shards", "bench.all", "evaluate.commands", "deploy.classify",
-    "demo.cli", "evaluate.cli", "study.cli", "deploy.export",
+    "demo.cli", "evaluate.cli", "study.cli", "deploy.export", "augment.generate", "augment.rewrite",
 ):
     importlib.import_module("fgclep_plugin." + name).add_cli(sub)
 print(sorted(m for m in ("torch", "open_clip", "scipy", "wfdb", "sklearn", "matplotlib") if m in sys.modules))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import knowledge
-from .validate import unstated_truth
+from .rules import unstated_truth
 
 
 class NoGroundTruth(ValueError):

@@ -7,7 +7,9 @@ Inputs are never modified. Each output shard is written atomically by the shard 
 re-run finds it complete, so a killed run resumes without duplicates or losses; a sample that cannot be read
 goes to the rejects list with its reason and the rest of its shard is kept. Under ``accelerate launch`` /
 ``torchrun`` (``RANK``, ``WORLD_SIZE``) or ``--num-shards/--shard-index`` process ``r`` of ``n`` takes input
-shards ``r, r + n, ...``.
+shards ``r, r + n, ...``; its input shards are decoded and transformed by ``--workers`` DataLoader processes while
+the main process scores the shard before (:mod:`.shardscore`, which holds the work on the model: this module
+loads no torch until a run starts, for the ``fgclep`` parser's start-up time).
 
 Candidates come from the cache ``fgclep features generate`` fills; with ``--backend kb`` reports missing from
 it are proposed in-process by the knowledge base and appended to the cache.
@@ -22,12 +24,11 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from ..cliargs import (
@@ -42,8 +43,8 @@ from ..cliargs import (
 from ..ecgdata import manifest as manifests
 from ..ecgdata.opener import local_path, open_url
 from ..ecgdata.outdir import check_writable_folder, remove_stale_temporaries
-from ..ecgdata.reader import decode_sample, expand_urls, iter_raw
-from ..ecgdata.records import CanonicalSample, RejectError
+from ..ecgdata.reader import expand_urls, iter_raw
+from ..ecgdata.records import RejectError
 from ..ecgdata.shards import (
     SHARD_NUMBER,
     STATE_DIR,
@@ -53,48 +54,31 @@ from ..ecgdata.shards import (
     out_pattern_to_brace,
     write_one_shard,
 )
+from ..model.device import choose_device, process_part
 from . import knowledge, oracle
 from .cache import CandidateCache, load_entries
-from .text import PROMPT_VERSION, normalise_report, report_key
-from .validate import (
+from .generate import process_index
+from .rules import (
     CALIB_SIZE,
+    COMPARED,
     COSINE_THRESHOLD,
     DEFAULT_RULE,
-    EXTRA_SCORES,
     PAPER_THRESHOLD,
     QUANTILE,
     RULES,
     WITHIN_PROPOSER_QUANTILE,
     RuleConfig,
     Tally,
-    TextTable,
-    calibrate,
-    decide,
-    ecg_embeddings,
-    score_pairs,
     stored_decisions,
 )
+from .shardio import (
+    PreparedShard,
+    augmented_text,  # noqa: F401  imported from here by callers (the tests)
+    read_shard,
+)
+from .text import PROMPT_VERSION, normalise_report
 
 MAX_NAMED_WARNINGS = 20
-QUANTILES = (0.8, 0.9, 0.95, 0.98)  # calibrated thresholds stored for each, so summaries can compare them
-# Rules compared in every summary (the chosen one is added): decisions recomputed from the stored scores.
-COMPARED = (
-    RuleConfig("paper", paper_threshold=PAPER_THRESHOLD),
-    RuleConfig("cosine", cosine_threshold=0.2),
-    RuleConfig("cosine", cosine_threshold=COSINE_THRESHOLD),
-    RuleConfig("cosine", cosine_threshold=0.4),
-    *(RuleConfig("quantile", quantile=q) for q in QUANTILES),
-    *(RuleConfig(r) for r in ("within-proposer", "lead-ensemble", "centred")),
-)
-
-
-def augmented_text(report: str, kept: Sequence[str]) -> str:
-    """The original report followed by the kept features as one sentence."""
-    report = " ".join(str(report).split())
-    if not kept:
-        return report
-    sep = "" if not report or report.endswith((".", "!", "?")) else "."
-    return f"{report}{sep} {', '.join(kept)}.".strip()
 
 
 def check_inputs(urls: Sequence[str]) -> None:
@@ -110,57 +94,6 @@ def check_inputs(urls: Sequence[str]) -> None:
         elif not url.startswith("pipe:"):
             with open_url(url):
                 pass
-
-
-def read_shard(url: str) -> Iterator[tuple[str, dict[str, Any] | RejectError]]:
-    """(key, decoded sample) per sample of a shard, or (key, RejectError) for a sample that cannot be decoded;
-    a shard unreadable from some point on ends with one ``unreadable-shard-rest`` reject; a second sample under a
-    key already seen is a ``duplicate-key`` reject (listed as ``KEY#N``, its position in the shard)."""
-    n, seen = 0, set()
-    try:
-        for raw in iter_raw(url):
-            n += 1
-            key = str(raw.get("__key__", f"#{n}"))
-            if key in seen:
-                yield (
-                    f"{key}#{n}",
-                    RejectError(
-                        "duplicate-key", f"{url}: sample {n} repeats key {key}; the first one is kept"
-                    ),
-                )
-                continue
-            seen.add(key)
-            try:
-                yield key, decode_sample(raw)
-            except Exception as e:  # noqa: BLE001  any member problem: this sample only
-                yield key, RejectError("corrupt-sample", f"{url}: sample {key}: {type(e).__name__}: {e}")
-    except (OSError, ValueError) as e:
-        yield (
-            f"{Path(url).name}#after-{n}",
-            RejectError("unreadable-shard-rest", f"{url}: unreadable after {n} samples: {e}"),
-        )
-
-
-class PreparedShard:
-    """Shard-writer source of one rewritten shard: ``load`` returns the prepared ``CanonicalSample`` or raises
-    the sample's ``RejectError``."""
-
-    name = "augment"
-
-    def __init__(self, entries: list[tuple[str, CanonicalSample | RejectError]]):
-        self.entries = dict(entries)
-        self.order = [k for k, _ in entries]
-
-    def items(self) -> list[str]:
-        """The input keys, in input order."""
-        return list(self.order)
-
-    def load(self, item: str) -> CanonicalSample:
-        """The rewritten sample (or its reject)."""
-        v = self.entries[item]
-        if isinstance(v, RejectError):
-            raise v
-        return v
 
 
 class CandidateSource:
@@ -217,181 +150,6 @@ class CandidateSource:
                     )
             out[k] = feats
         return out
-
-
-class Calibration:
-    """Reference ECG embeddings and their candidate lists, saved beside the outputs so a resumed run (and
-    every process) calibrates on the same reference; thresholds per candidate text computed on demand, for the
-    run's quantile and the compared ones."""
-
-    def __init__(
-        self,
-        emb: torch.Tensor,
-        proposed: list[list[str]],
-        q: float,
-        texts: TextTable,
-        samples: Sequence[str] = (),
-    ):
-        self.emb, self.proposed, self.texts = emb, proposed, texts
-        # "shard name/key" -> row: a reference ECG is not encoded a second time when its shard is rewritten
-        self.rows = {k: i for i, k in enumerate(samples)}
-        self.qs = sorted({float(q), *QUANTILES, *(r.quantile for r in COMPARED)})
-        self.thresholds: dict[str, dict[str, float]] = {}
-
-    def threshold(self, candidates: Sequence[str]) -> list[dict[str, float]]:
-        """Calibrated thresholds (validate.threshold_key -> threshold) per candidate text ({} without a
-        reference)."""
-        new = [c for c in dict.fromkeys(candidates) if c not in self.thresholds]
-        if new:
-            got = calibrate(self.emb, self.proposed, self.texts, new, self.qs)
-            for c in new:
-                self.thresholds[c] = got.get(c, {})
-        return [self.thresholds[c] for c in candidates]
-
-    @classmethod
-    def load_or_build(
-        cls,
-        state: Path,
-        urls: Sequence[str],
-        calib_size: int,
-        q: float,
-        lm,
-        texts: TextTable,
-        cands: CandidateSource,
-    ) -> Calibration:
-        """Load ``state``.npy/.json or build it from the first samples of every input shard."""
-        npy, meta = state.with_suffix(".npy"), state.with_suffix(".json")
-        if npy.exists() and meta.exists():
-            emb = torch.from_numpy(np.load(npy, allow_pickle=False))
-            saved = json.loads(meta.read_text())
-            return cls(emb, saved["proposed"], q, texts, saved.get("samples", ()))
-        per_shard = max(1, -(-calib_size // max(1, len(urls))))
-        ecgs, reports, names = [], [], []
-        for url in urls:
-            taken = 0
-            for key, s in read_shard(url):
-                if taken >= per_shard:
-                    break
-                if isinstance(s, RejectError):
-                    continue
-                try:
-                    x = lm.preprocess(s["ecg"])
-                except ValueError:
-                    continue
-                ecgs.append(x)
-                names.append(f"{Path(url).name}/{key}")
-                reports.append(normalise_report(s["text"]))
-                taken += 1
-        keys = [report_key(r) for r in reports]
-        got = cands.get(dict(zip(keys, reports)))
-        proposed = [got[k] for k in keys]
-        emb = ecg_embeddings(lm, ecgs)
-        atomic_write_bytes(npy, _npy_bytes(emb.numpy()))
-        atomic_write_json(
-            meta, {"n": len(keys), "per_shard": per_shard, "samples": names, "proposed": proposed}
-        )
-        return cls(emb, proposed, q, texts, names)
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.save(buf, a, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _process_shard(
-    url: str,
-    lm,
-    texts: TextTable,
-    cands: CandidateSource,
-    calib: Calibration,
-    cfg: RuleConfig,
-    provenance: dict[str, Any],
-    candidates: str = "cache",
-    move_rng: np.random.Generator | None = None,
-) -> list[tuple[str, CanonicalSample | RejectError]]:
-    """Score and rewrite one input shard in memory: (key, rewritten sample or reject) in input order.
-
-    ``candidates="truth"``: each sample's candidates are its present features the report does not state
-    (perfect features); ``move_rng``: the kept lists are moved to other samples of the shard (wrong features)."""
-    entries: list[tuple[str, Any]] = []
-    good: list[tuple[int, dict[str, Any], torch.Tensor]] = []
-    for key, s in read_shard(url):
-        if isinstance(s, RejectError):
-            entries.append((key, s))
-            continue
-        try:
-            x = lm.preprocess(s["ecg"])
-        except ValueError as e:
-            entries.append((key, RejectError("bad-ecg", f"{url}: sample {key}: {e}")))
-            continue
-        entries.append((key, None))
-        good.append((len(entries) - 1, s, x))
-    reports = [normalise_report(s["text"]) for _, s, _ in good]
-    keys = [report_key(r) for r in reports]
-    where = [f"{url}: sample {s['__key__']}" for _, s, _ in good]
-    if candidates == "truth":
-        cand_lists = [oracle.perfect_features(s["meta"], s["text"], w) for (_, s, _), w in zip(good, where)]
-    else:
-        got = cands.get(dict(zip(keys, reports)))
-        cand_lists = [got[k] for k in keys]
-    # reference ECGs of the calibration are already embedded: encode only the others
-    ref = [calib.rows.get(f"{Path(url).name}/{s['__key__']}") for _, s, _ in good]
-    fresh = ecg_embeddings(lm, [x for (_, _, x), r in zip(good, ref) if r is None])
-    emb = torch.zeros(len(good), calib.emb.shape[1] if calib.emb.numel() else fresh.shape[-1])
-    todo = [i for i, r in enumerate(ref) if r is None]
-    if todo:
-        emb[todo] = fresh
-    done = [(i, r) for i, r in enumerate(ref) if r is not None]
-    if done:
-        emb[[i for i, _ in done]] = calib.emb[[r for _, r in done]]
-    scores = score_pairs(lm, emb, cand_lists, texts, EXTRA_SCORES)
-    flat = [c for cl in cand_lists for c in cl]
-    thr_all = calib.threshold(flat)
-    thr = np.array([t.get(cfg.threshold_key(), np.nan) for t in thr_all], dtype=np.float64)
-    truth = None
-    if cfg.rule == "oracle":
-        truth = [t for (_, s, _), cl, w in zip(good, cand_lists, where)
-                 for t in oracle.candidate_truth(s["meta"], s["text"], cl, w)]  # fmt: skip
-    kept = decide(scores.of(cfg.score), scores.prob, thr, cfg, truth)
-    pos = 0
-    all_rows = []
-    for cl in cand_lists:
-        rows = []
-        for c in cl:
-            rows.append(
-                {
-                    "text": c,
-                    "feature": knowledge.feature_of(c),
-                    "cos": round(float(scores.cos[pos]), 6),
-                    "prob": round(float(scores.prob[pos]), 6),
-                    "scores": {k: round(float(v[pos]), 6) for k, v in scores.extra.items()},
-                    "threshold": None if np.isnan(thr[pos]) else round(float(thr[pos]), 6),
-                    "thresholds": {k: round(v, 6) for k, v in thr_all[pos].items()},
-                    "kept": bool(kept[pos]),
-                }
-            )
-            pos += 1
-        all_rows.append(rows)
-    donors = list(range(len(good))) if move_rng is None else oracle.derangement(len(good), move_rng)
-    for (slot, s, _), d in zip(good, donors):
-        rows = all_rows[d]  # with --move-kept: another sample's candidates and decisions
-        keep_texts = [r["text"] for r in rows if r["kept"]]
-        meta = dict(s["meta"])
-        meta["stage2"] = {
-            "report": s["text"],
-            "rule": cfg.describe(),
-            "kept": keep_texts,
-            "candidates": rows,
-            **provenance,
-        }
-        if move_rng is not None:
-            meta["stage2"]["moved_from"] = good[d][1]["__key__"]
-        key = s["__key__"]
-        entries[slot] = (key, CanonicalSample(key, s["ecg"], augmented_text(s["text"], keep_texts), meta))
-    return entries
 
 
 def _out_dir_and_name(out: str) -> tuple[Path, str]:
@@ -468,8 +226,9 @@ def run_augment(
     ``candidates``: ``"cache"`` (proposed features) or ``"truth"`` (every present feature the report does not
     state); ``move_kept``: seed of the derangement moving each shard's kept lists to other ECGs (the oracle arms,
     :mod:`fgclep_plugin.augment.oracle`)."""
-    from ..model.device import choose_device, process_part
+    # torch, open_clip and the model's work: start-up time (the fgclep parser imports this module)
     from ..model.scoring import load_model
+    from .shardscore import Calibration, TextTable, prepared_shards, process_shard
 
     t0 = time.time()
     device = choose_device(device)  # cuda:LOCAL_RANK under a launcher
@@ -539,9 +298,12 @@ def run_augment(
         )
         provenance = {"model": model, "checkpoint": checkpoint, "backend": backend, "llm_model": llm_model}
         bar = tqdm(total=len(pending), unit="shard", desc="augment", disable=not progress)
-        for k in pending:
+        # the next shards are decoded and transformed by --workers processes while this one is scored
+        for k, prepared in prepared_shards(lm, urls, pending):
             rng = None if move_kept is None else np.random.default_rng([move_kept, k])
-            entries = _process_shard(urls[k], lm, texts, cands, calib, cfg, provenance, candidates, rng)
+            entries = process_shard(
+                urls[k], prepared, lm, texts, cands, calib, cfg, provenance, candidates, rng
+            )
             src = PreparedShard(entries)
             state = write_one_shard(src, src.items(), outs[k], str(state_dir / f"{Path(outs[k]).name}.json"))
             stats["written"] += state["count"]
@@ -617,8 +379,6 @@ def format_augment_summary(s: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """``fgclep augment``."""
-    from .generate import process_index
-
     index, n = process_index(args.num_shards, args.shard_index)
     cfg = RuleConfig(args.rule, args.paper_threshold, args.cosine_threshold, args.quantile)
     try:
