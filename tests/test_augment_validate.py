@@ -493,21 +493,21 @@ def test_augment_embeds_at_its_precision(corpus, ckpt, tmp_path, monkeypatch):
 
 
 def test_augment_workers_prepare_the_shards_and_write_the_same_bytes(corpus, ckpt, tmp_path, monkeypatch):
-    """--workers 2: every input shard is decoded and transformed in a DataLoader worker while the main process
-    scores the one before, and the shards are byte for byte those of a run without workers, also a lost one
+    """--workers 2: every input shard is decoded and transformed in a DataLoader worker (its first samples for
+    the calibration reference, then all of it while the main process scores the one before), and the shards are byte for byte those of a run without workers, also a lost one
     rewritten on resuming (a shard's fresh ECGs are embedded in batches of its own samples, whichever process
     read it and whichever shards are left)."""
     from fgclep_plugin.augment import shardscore
 
     real, log = shardscore.prepare_shard, tmp_path / "prepared.txt"
 
-    def spy(url, preprocess):  # runs where the shard is read: a forked worker sees this patch
+    def spy(url, preprocess, limit=None):  # runs where the shard is read: a forked worker sees this patch
         with open(log, "a") as f:
-            f.write(f"{os.getpid()} {Path(url).name}\n")
-        return real(url, preprocess)
+            f.write(f"{os.getpid()} {Path(url).name} {limit}\n")
+        return real(url, preprocess, limit)
 
-    def read_log() -> list[tuple[int, str]]:
-        rows = [(int(p), name) for p, name in (line.split() for line in log.read_text().splitlines())]
+    def read_log() -> list[tuple[int, tuple[str, str]]]:
+        rows = [(int(p), (name, limit)) for p, name, limit in map(str.split, log.read_text().splitlines())]
         log.unlink()
         return rows
 
@@ -520,11 +520,12 @@ def test_augment_workers_prepare_the_shards_and_write_the_same_bytes(corpus, ckp
                         progress=False, log=None, device="cpu", workers=workers)  # fmt: skip
         runs[workers] = (s, read_log())
         assert s["samples"] == 14
-    here = os.getpid()
-    assert sorted(name for _, name in runs[0][1]) == [f"synth-test-{k:06d}.tar" for k in range(3)]
-    assert {pid for pid, _ in runs[0][1]} == {here}
-    assert sorted(name for _, name in runs[2][1]) == sorted(name for _, name in runs[0][1])
-    assert here not in {pid for pid, _ in runs[2][1]} and len({pid for pid, _ in runs[2][1]}) == 2
+    here, names = os.getpid(), [f"synth-test-{k:06d}.tar" for k in range(3)]
+    # each shard prepared twice: its first sample for the reference (calib_size 3 / 3 shards), then all of it
+    prepared = sorted([(n, "1") for n in names] + [(n, "None") for n in names])
+    assert sorted(what for _, what in runs[0][1]) == prepared and {pid for pid, _ in runs[0][1]} == {here}
+    assert sorted(what for _, what in runs[2][1]) == prepared
+    assert here not in {pid for pid, _ in runs[2][1]} and len({pid for pid, _ in runs[2][1]}) >= 2
     assert _digest(tmp_path / "w0") == _digest(tmp_path / "w2") and len(_digest(tmp_path / "w0")) == 3
     lost = tmp_path / "w2" / "a-000001.tar"
     old = lost.read_bytes()
@@ -532,4 +533,4 @@ def test_augment_workers_prepare_the_shards_and_write_the_same_bytes(corpus, ckp
     again = run_augment(_urls(corpus), str(tmp_path / "w2" / "a-%06d.tar"), cache, MODEL, ckpt, calib_size=3,
                         progress=False, log=None, device="cpu", workers=2)  # fmt: skip
     assert again["shards_written_now"] == 1 and lost.read_bytes() == old
-    assert [name for _, name in read_log()] == ["synth-test-000001.tar"]
+    assert [what for _, what in read_log()] == [("synth-test-000001.tar", "None")]  # the reference was saved

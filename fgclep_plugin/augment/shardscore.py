@@ -42,15 +42,21 @@ class Candidates(Protocol):
         ...
 
 
-def prepare_shard(url: str, preprocess) -> list[tuple[str, Any, torch.Tensor | None]]:
+def prepare_shard(
+    url: str, preprocess, limit: int | None = None
+) -> list[tuple[str, Any, torch.Tensor | None]]:
     """One input shard read and transformed: (key, decoded sample, its ECG through the model's eval transform
     ``preprocess``) per sample in input order, or (key, (reason, message), None) for a sample that is rejected
     (:func:`~.shardio.read_shard`'s rejects, and ``bad-ecg`` where the transform refuses the ECG): a
     ``RejectError``'s fields, since the error itself does not cross from a worker process intact. On one torch
-    thread, as in a DataLoader worker (``scoring.one_thread``: per-sample transforms lose to the thread pool)."""
+    thread, as in a DataLoader worker (``scoring.one_thread``: per-sample transforms lose to the thread pool).
+    ``limit``: stop after that many samples that are not rejected (the calibration's first samples)."""
     out: list[tuple[str, Any, torch.Tensor | None]] = []
+    good = 0
     with one_thread():
         for key, s in read_shard(url):
+            if limit is not None and good >= limit:
+                break
             if isinstance(s, RejectError):
                 out.append((key, (s.reason, s.message), None))
                 continue
@@ -60,21 +66,23 @@ def prepare_shard(url: str, preprocess) -> list[tuple[str, Any, torch.Tensor | N
                 out.append((key, ("bad-ecg", f"{url}: sample {key}: {e}"), None))
                 continue
             out.append((key, s, x))
+            good += 1
     return out
 
 
 class PreparedShards(torch.utils.data.IterableDataset):
-    """``(k, prepare_shard(urls[k]))`` for every ``k`` of ``numbers``, prepared where they are read (a DataLoader
-    worker, or the main process without workers); worker ``w`` of ``W`` takes ``numbers[w::W]``."""
+    """``(k, prepare_shard(urls[k], preprocess, limit))`` for every ``k`` of ``numbers``, prepared where they are
+    read (a DataLoader worker, or the main process without workers); worker ``w`` of ``W`` takes
+    ``numbers[w::W]``."""
 
-    def __init__(self, urls: Sequence[str], numbers: Sequence[int], preprocess):
-        self.urls, self.numbers, self.preprocess = list(urls), list(numbers), preprocess
+    def __init__(self, urls: Sequence[str], numbers: Sequence[int], preprocess, limit: int | None = None):
+        self.urls, self.numbers, self.preprocess, self.limit = list(urls), list(numbers), preprocess, limit
 
     def __iter__(self) -> Iterator[tuple[int, list]]:
         info = torch.utils.data.get_worker_info()
         w, n = (0, 1) if info is None else (info.id, info.num_workers)
         for k in self.numbers[w::n]:
-            yield k, prepare_shard(self.urls[k], self.preprocess)
+            yield k, prepare_shard(self.urls[k], self.preprocess, self.limit)
 
 
 def _as_is(item: Any) -> Any:
@@ -83,14 +91,15 @@ def _as_is(item: Any) -> Any:
 
 
 def prepared_shards(
-    lm: LoadedModel, urls: Sequence[str], numbers: Sequence[int]
+    lm: LoadedModel, urls: Sequence[str], numbers: Sequence[int], limit: int | None = None
 ) -> Iterator[tuple[int, list]]:
-    """``(k, prepared shard k)`` for the shards ``numbers`` of ``urls``, decoded and transformed by ``lm.workers``
-    DataLoader processes (at most one per shard, each holding one prepared shard ahead) while the caller works
-    on the one before; in ``numbers`` order without workers, else taking the workers in turn."""
+    """``(k, prepared shard k)`` (:func:`prepare_shard`, up to ``limit`` good samples) for the shards ``numbers``
+    of ``urls``, decoded and transformed by ``lm.workers`` DataLoader processes (at most one per shard, each
+    holding one prepared shard ahead) while the caller works on the one before; in ``numbers`` order without
+    workers, else taking the workers in turn."""
     workers = min(lm.workers, len(numbers))
     loader = torch.utils.data.DataLoader(
-        PreparedShards(urls, numbers, lm.preprocess),
+        PreparedShards(urls, numbers, lm.preprocess, limit),
         batch_size=None,  # a shard is the item
         collate_fn=_as_is,
         num_workers=workers,
@@ -139,7 +148,8 @@ class Calibration:
         texts: TextTable,
         cands: Candidates,
     ) -> Calibration:
-        """Load ``state``.npy/.json or build it from the first samples of every input shard."""
+        """Load ``state``.npy/.json or build it from the first samples of every input shard (read and transformed
+        by the model's workers, :func:`prepared_shards`)."""
         npy, meta = state.with_suffix(".npy"), state.with_suffix(".json")
         if npy.exists() and meta.exists():
             emb = torch.from_numpy(np.load(npy, allow_pickle=False))
@@ -147,21 +157,14 @@ class Calibration:
             return cls(emb, saved["proposed"], q, texts, saved.get("samples", ()))
         per_shard = max(1, -(-calib_size // max(1, len(urls))))
         ecgs, reports, names = [], [], []
-        for url in urls:
-            taken = 0
-            for key, s in read_shard(url):
-                if taken >= per_shard:
-                    break
-                if isinstance(s, RejectError):
-                    continue
-                try:
-                    x = lm.preprocess(s["ecg"])
-                except ValueError:
+        shards = dict(prepared_shards(lm, urls, range(len(urls)), limit=per_shard))
+        for k, url in enumerate(urls):  # in input order, whichever worker read the shard
+            for key, s, x in shards.pop(k):
+                if x is None:  # a rejected sample is not a reference
                     continue
                 ecgs.append(x)
                 names.append(f"{Path(url).name}/{key}")
                 reports.append(normalise_report(s["text"]))
-                taken += 1
         keys = [report_key(r) for r in reports]
         got = cands.get(dict(zip(keys, reports)))
         proposed = [got[k] for k in keys]
