@@ -83,7 +83,8 @@ def _hook_get_data(args, preprocess_fns, epoch=0, tokenizer=None):
             args.ecg_zeroshot_label_key,
             batch_size=args.batch_size,
             class_names=classes,
-            workers=getattr(args, "workers", 0),  # open_clip's --workers: decoding overlaps the encoder, as in training
+            # open_clip's --workers: decoding overlaps the encoder, as in training
+            workers=getattr(args, "workers", 0),
             prompts=load_prompt_map(prompt_file) if prompt_file else None,
         )
     return data
