@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     check_data(args)
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # OSError: missing, unreadable or misplaced files
         if os.environ.get("FGCLEP_DEBUG"):
             raise
         print(f"fgclep {args.command}: error: {e}", file=sys.stderr)

@@ -282,6 +282,14 @@ def test_a_runtime_error_exits_1_with_one_line_naming_the_file(tmp_path):
     assert r.stderr.startswith("fgclep info: error:") and "Traceback" not in r.stderr
 
 
+def test_a_shard_file_where_a_folder_belongs_is_one_line_exit_1(capsys):
+    shard = str(Path(__file__).resolve().parents[1] / "shards" / "ludb" / "ludb-test-000000.tar")
+    argv = ["eval", "zeroshot", "--model", "FGCLEP-Tiny", "--checkpoint", "none", "--task", "ludb-rhythm"]
+    assert main([*argv, "--ludb-data", shard, "--no-cache", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("fgclep eval: error:") and err.count("\n") == 1 and "Not a directory" in err, err
+
+
 def test_one_cli_convention(capsys):
     """--data everywhere (info/show keep the positional form), --checkpoint required where a model scores
     ('none' = random weights), usage errors exit 2."""

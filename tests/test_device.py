@@ -1,5 +1,6 @@
 """Where an embedding command runs: device choice by LOCAL_RANK, each process's part of the shards, the
-DataLoader workers of ``embed_shards`` (same embeddings in shard order), and the device a command records."""
+DataLoader workers of ``embed_shards`` (same embeddings in shard order), the device a command chooses and
+records."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from eval_helpers import LUDB_TEST
+from eval_helpers import LUDB_SHARDS, LUDB_TEST
 
 from fgclep_plugin.cli import main
 from fgclep_plugin.model.device import choose_device, process_part
@@ -123,3 +124,37 @@ def test_eval_embedding_under_a_launcher_gathers_the_parts_in_shard_order(tmp_pa
     assert got[0].shard_sizes == [50, 50]  # process 0 embedded shards 0 and 2 only
     assert merged.keys == whole.keys and merged.metas == whole.metas and merged.shard_sizes == [50, 50, 50]
     np.testing.assert_allclose(merged.embeddings, whole.embeddings, atol=1e-6)
+
+
+def _eval_argv(out) -> list[str]:
+    return ["eval", "zeroshot", "--model", "FGCLEP-Tiny", "--checkpoint", "none", "--task", "ludb-rhythm",
+            "--ludb-data", str(LUDB_SHARDS), "--no-cache", "--bootstrap", "5", "--quiet", "--out", str(out)]  # fmt: skip
+
+
+def _augment_argv(tmp_path, ckpt) -> list[str]:
+    cache = tmp_path / "cands"
+    generate = ["features", "generate", "--data", LUDB_TEST, "--cache", str(cache), "--backend", "kb"]
+    assert main([*generate, "--quiet"]) == 0
+    return ["augment", "--data", LUDB_TEST, "--out", str(tmp_path / "aug" / "a-%06d.tar"), "--cache", str(cache),
+            "--model", "FGCLEP-Tiny", "--checkpoint", ckpt, "--quiet",
+            "--summary-json", str(tmp_path / "summary.json")]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["eval", "augment"])
+def test_eval_and_augment_choose_the_device_and_record_it(command, tmp_path, ckpt, monkeypatch, capsys):
+    """The default ``--device auto`` asks torch: CUDA reported available makes the command go to cuda:0 (which
+    fails here, naming the driver or CUDA build), CUDA hidden makes it run on the CPU and record that."""
+    argv = _eval_argv(tmp_path / "eval") if command == "eval" else _augment_argv(tmp_path, ckpt)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("nvidia" in err.lower() or "cuda" in err.lower()), err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(argv) == 0, capsys.readouterr().err
+    if command == "eval":
+        rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
+        assert rows and {r["device"] for r in rows} == {"cpu"}
+    else:
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["device"] == "cpu" and summary["samples"] == 50
