@@ -19,6 +19,8 @@ from scipy.signal import firwin, kaiserord
 
 from .tower import EcgTowerCfg
 
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
 CANONICAL_FS = 500
 """Sampling rate (Hz) of canonical ECGs in shards."""
 
@@ -98,10 +100,13 @@ class EcgTransform:
             x = decimate(x, self.factor)
         x = self._window(x)
         if self.cfg.norm == "per_lead":
-            x = (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(STD_FLOOR_MV)
+            std, mean = torch.std_mean(x, dim=1, keepdim=True)
+            x = (x - mean).div_(std.clamp_min_(STD_FLOOR_MV))
         else:
             x = (x - self.mean) / self.std
-        if not torch.isfinite(x).all():
+        # the sum is finite when every value is (float16-range inputs cannot overflow it): one cheap check,
+        # the exact one only when it fails
+        if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():
             raise ValueError("ECG transform produced non-finite values (NaN/inf in the input signal)")
         return x.contiguous()
 
@@ -124,5 +129,9 @@ def ecg_transforms(vision_cfg: EcgTowerCfg | dict[str, Any]) -> tuple[EcgTransfo
 
 def ecg_to_tensor(ecg: np.ndarray, preprocess: Callable | None) -> torch.Tensor:
     """Canonical float16 ECG -> float32 tensor, then the model's transform (if any)."""
-    x = torch.from_numpy(np.ascontiguousarray(ecg, dtype=np.float32))
+    a = np.asarray(ecg)
+    if a.dtype in FLOAT_DTYPES:  # torch widens float16 faster than numpy does (same values)
+        x = torch.from_numpy(np.require(a, requirements=("C", "W"))).to(torch.float32)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     return preprocess(x) if preprocess is not None else x
