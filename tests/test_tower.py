@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from fgclep_plugin.model.tower import ARCHS, EcgTower, EcgTowerCfg, build_ecg_tower
-from fgclep_plugin.model.transform import EcgTransform, ecg_transforms
+from fgclep_plugin.model.transform import EcgTransform, batch_to_tensor, ecg_to_tensor, ecg_transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reference_resnet1d import RefResNet1d50
@@ -358,6 +358,29 @@ def test_transform_rejects_bad_input():
         t(bad)
     with pytest.raises(ValueError, match="must divide"):
         EcgTransform(EcgTowerCfg(sample_rate=300))
+
+
+@pytest.mark.parametrize("norm", ["per_lead", "fixed"])
+def test_batch_transform_equals_the_transform_of_each_ecg(norm):
+    rng = np.random.default_rng(2)
+    ecgs = [(rng.standard_normal((12, 5200)) * rng.uniform(0.1, 2)).astype(np.float16) for _ in range(5)]
+    cfg = EcgTowerCfg(sample_rate=250, input_length=2500, norm=norm, mean=[0.1], std=[0.5])
+    train, val = ecg_transforms(cfg)
+    out = batch_to_tensor(ecgs, val)
+    assert out is not None and out.shape == (5, 12, 2500)
+    assert torch.equal(out, torch.stack([ecg_to_tensor(e, val) for e in ecgs]))
+    # what cannot go as one batch is left to the per-ECG transform (None): a bad ECG (the per-ECG error names
+    # it), mixed lengths or dtypes, a training transform (a window per ECG), no EcgTransform
+    bad = [e.copy() for e in ecgs]
+    bad[3][4, 100] = np.nan
+    assert batch_to_tensor(bad, val) is None
+    with pytest.raises(ValueError, match="non-finite"):
+        ecg_to_tensor(bad[3], val)
+    assert batch_to_tensor([*ecgs, ecgs[0][:, :5000]], val) is None
+    assert batch_to_tensor([*ecgs, ecgs[0].astype(np.float32)], val) is None
+    assert batch_to_tensor(ecgs, train) is None and batch_to_tensor(ecgs, None) is None
+    with pytest.raises(ValueError, match="per ECG"):
+        train.batch(torch.zeros(2, 12, 5000))
 
 
 def test_tower_is_ecg_tower_type():

@@ -26,7 +26,7 @@ import torch
 
 from ..ecgdata.records import CanonicalSample, RejectError
 from ..ecgdata.shards import atomic_write_bytes, atomic_write_json
-from ..model.scoring import LoadedModel, one_thread
+from ..model.scoring import LoadedModel, as_is, one_thread
 from . import knowledge, oracle
 from .rules import COMPARED, EXTRA_SCORES, QUANTILES, RuleConfig, decide
 from .shardio import augmented_text, read_shard
@@ -85,11 +85,6 @@ class PreparedShards(torch.utils.data.IterableDataset):
             yield k, prepare_shard(self.urls[k], self.preprocess, self.limit)
 
 
-def _as_is(item: Any) -> Any:
-    """The DataLoader's per-item conversion: none (the samples' numpy arrays stay numpy arrays)."""
-    return item
-
-
 def prepared_shards(
     lm: LoadedModel, urls: Sequence[str], numbers: Sequence[int], limit: int | None = None
 ) -> Iterator[tuple[int, list]]:
@@ -101,7 +96,7 @@ def prepared_shards(
     loader = torch.utils.data.DataLoader(
         PreparedShards(urls, numbers, lm.preprocess, limit),
         batch_size=None,  # a shard is the item
-        collate_fn=_as_is,
+        collate_fn=as_is,  # the samples' numpy arrays stay numpy arrays
         num_workers=workers,
         prefetch_factor=1 if workers else None,  # a whole shard in memory per item
     )

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..ecgdata.reader import expand_urls, iter_samples, read_sizes
 from .device import choose_device
-from .transform import ecg_to_tensor
+from .transform import batch_to_tensor, ecg_to_tensor
 
 
 @dataclass
@@ -277,8 +277,12 @@ class ShardBatches(torch.utils.data.IterableDataset):
         )
 
     def _batch(self, samples: list[tuple[int, int, dict[str, Any]]]) -> tuple:
-        with one_thread():
-            ecgs = torch.stack([ecg_to_tensor(s["ecg"], self.preprocess) for _, _, s in samples])
+        # one transform over the batch on every thread (2-3x faster than one by one); one by one, on one
+        # thread, where the ECGs differ in shape or one is bad (its error names nothing else)
+        ecgs = batch_to_tensor([s["ecg"] for _, _, s in samples], self.preprocess)
+        if ecgs is None:
+            with one_thread():
+                ecgs = torch.stack([ecg_to_tensor(s["ecg"], self.preprocess) for _, _, s in samples])
         keep = self.keep_meta or (lambda meta: meta)
         return (
             ecgs,
@@ -302,6 +306,11 @@ class ShardBatches(torch.utils.data.IterableDataset):
             yield self._batch(batch)
 
 
+def as_is(batch: Any) -> Any:
+    """A DataLoader's ``collate_fn`` that passes a ready batch on unchanged (picklable for its workers)."""
+    return batch
+
+
 def embed_shards(
     loaded: LoadedModel,
     urls: str | Sequence[str],
@@ -318,6 +327,7 @@ def embed_shards(
     loader = torch.utils.data.DataLoader(
         ShardBatches(shards, loaded.preprocess, batch_size, keep_meta),
         batch_size=None,  # the dataset batches
+        collate_fn=as_is,  # not default_convert: it walks every metadata dict, list and number (half the pass)
         num_workers=min(loaded.workers, len(shards)),
         pin_memory=loaded.device.type == "cuda",
     )

@@ -9,7 +9,7 @@ float32 tensor ``[leads, L]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -57,14 +57,16 @@ def _lead_kernels(factor: int, leads: int) -> torch.Tensor:
 
 
 def decimate(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[leads, N]`` -> ``[leads, ceil(N / factor)]``: anti-alias filter and keep every ``factor``-th sample, in
-    one strided, grouped conv1d (only the kept samples are computed; as fast as the block mean it replaced);
-    output ``k`` is centred on input ``k * factor``. The ends are extended with the edge value, so a baseline
-    offset does not ring."""
-    h = _lead_kernels(factor, x.shape[0])
+    """``[leads, N]`` -> ``[leads, ceil(N / factor)]`` (or a batch ``[B, leads, N]`` -> ``[B, leads, ...]``):
+    anti-alias filter and keep every ``factor``-th sample, in one strided, grouped conv1d (only the kept samples
+    are computed; as fast as the block mean it replaced); output ``k`` is centred on input ``k * factor``. The
+    ends are extended with the edge value, so a baseline offset does not ring."""
+    leads = x.shape[-2]
+    h = _lead_kernels(factor, leads)
     pad = (h.shape[-1] - 1) // 2
-    y = torch.cat([x[:, :1].expand(-1, pad), x, x[:, -1:].expand(-1, pad)], dim=1)
-    return torch.nn.functional.conv1d(y[None], h, stride=factor, groups=x.shape[0])[0]
+    y = torch.cat([x[..., :1].expand(*x.shape[:-1], pad), x, x[..., -1:].expand(*x.shape[:-1], pad)], dim=-1)
+    out = torch.nn.functional.conv1d(y.reshape(-1, leads, y.shape[-1]), h, stride=factor, groups=leads)
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class EcgTransform:
@@ -95,12 +97,28 @@ class EcgTransform:
             raise ValueError(f"ECG transform expects [{self.cfg.leads}, samples], got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"ECG transform expects a floating-point signal, got {x.dtype}")
-        x = x.to(torch.float32)
+        return self._apply(x.to(torch.float32))
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluation transform of a batch of ECGs of one length, ``[B, leads, N]`` float32 -> ``[B, leads,
+        L]``: the same operations as one call per ECG (one window for all, so not in training), each over the
+        whole batch on every torch thread. Raises ``ValueError`` on a non-finite result without naming the ECG
+        (transform one by one to find it)."""
+        if self.is_train:
+            raise ValueError("a training transform draws a window per ECG: call it per ECG")
+        if x.ndim != 3 or x.shape[1] != self.cfg.leads or x.dtype != torch.float32:
+            raise ValueError(
+                f"ECG batch transform expects float32 [B, {self.cfg.leads}, samples], got {x.shape}"
+            )
+        return self._apply(x)
+
+    def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., leads, N]`` float32 -> ``[..., leads, L]``: decimate, window, normalise, check."""
         if self.factor > 1:
             x = decimate(x, self.factor)
         x = self._window(x)
         if self.cfg.norm == "per_lead":
-            std, mean = torch.std_mean(x, dim=1, keepdim=True)
+            std, mean = torch.std_mean(x, dim=-1, keepdim=True)
             x = (x - mean).div_(std.clamp_min_(STD_FLOOR_MV))
         else:
             x = (x - self.mean) / self.std
@@ -111,20 +129,39 @@ class EcgTransform:
         return x.contiguous()
 
     def _window(self, x: torch.Tensor) -> torch.Tensor:
-        n, length = x.shape[1], self.length
+        n, length = x.shape[-1], self.length
         if n < length:
             return torch.nn.functional.pad(x, (0, length - n))
         if self.is_train:
             start = int(torch.randint(0, n - length + 1, ()).item())
         else:
             start = (n - length) // 2
-        return x[:, start : start + length]
+        return x[..., start : start + length]
 
 
 def ecg_transforms(vision_cfg: EcgTowerCfg | dict[str, Any]) -> tuple[EcgTransform, EcgTransform]:
     """(train, val) transforms for a model's ECG ``vision_cfg``."""
     cfg = vision_cfg if isinstance(vision_cfg, EcgTowerCfg) else EcgTowerCfg.from_vision_cfg(vision_cfg)
     return EcgTransform(cfg, is_train=True), EcgTransform(cfg, is_train=False)
+
+
+def batch_to_tensor(ecgs: Sequence[np.ndarray], preprocess: Callable | None) -> torch.Tensor | None:
+    """``[B, leads, L]``: ECGs of one shape and float dtype through one batched evaluation transform
+    (:meth:`EcgTransform.batch`); ``None`` when they cannot go as one batch (shapes or dtypes differ, a training
+    or foreign transform, a non-finite result): transform them one by one (:func:`ecg_to_tensor`)."""
+    arrays = [np.asarray(e) for e in ecgs]
+    if (
+        not arrays
+        or not isinstance(preprocess, EcgTransform)
+        or preprocess.is_train
+        or len({(a.shape, a.dtype) for a in arrays}) != 1
+        or arrays[0].dtype not in FLOAT_DTYPES
+    ):
+        return None
+    try:
+        return preprocess.batch(torch.from_numpy(np.stack(arrays)).to(torch.float32))
+    except ValueError:  # a bad ECG: the per-ECG transform names it
+        return None
 
 
 def ecg_to_tensor(ecg: np.ndarray, preprocess: Callable | None) -> torch.Tensor:
