@@ -20,7 +20,8 @@ LUDB_DATA = "shards/ludb"  # the shipped LUDB shards (train = records 1-150, tes
 MIN_SECONDS = 5.0
 
 # The choices of flags that the light command parsers offer, copied from the modules that act on them
-# (`training.injection.INJECTIONS`, `augment.validate.RULES`): those modules import torch, which the `fgclep`
-# parser must not load (start-up time). tests/test_cli.py pins each copy equal to its original.
+# (`training.injection.INJECTIONS`, `augment.rules.RULES`): this module sits below both layers, and
+# `training.injection` imports torch, which the `fgclep` parser must not load (start-up time).
+# tests/test_cli.py pins each copy equal to its original.
 INJECTIONS = ("append", "caption", "multi-positive")  # the training entry point's --ecg-feature-injection
 AUGMENT_RULES = ("quantile", "within-proposer", "lead-ensemble", "centred", "cosine", "paper", "oracle")

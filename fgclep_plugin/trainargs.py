@@ -1,7 +1,8 @@
 """What ``fgclep demo`` and ``fgclep study`` share: their training options (:func:`add_training_arguments`,
 :func:`add_stage3_arguments`), the flags of one ``python -m fgclep_plugin.train`` run built from them
-(:func:`train_argv`, :func:`stage3_over` for a stage-3 run), and ``--fast``. The two commands are siblings that may not import each other; like
-:mod:`fgclep_plugin.cliargs` this module imports nothing from the package's layers, so both use it."""
+(:func:`train_argv`, :func:`stage3_over` for a stage-3 run), and ``--fast``. The two commands are siblings
+that may not import each other; like :mod:`fgclep_plugin.cliargs` this module imports nothing from the
+package's layers, so both use it."""
 
 from __future__ import annotations
 

@@ -22,17 +22,13 @@ import torch
 from fgclep_plugin.augment import knowledge as kb
 from fgclep_plugin.augment.cache import CandidateCache
 from fgclep_plugin.augment.rewrite import augmented_text, run_augment
+from fgclep_plugin.augment.rules import RULES, RuleConfig, decide, interval_truth, measured_intervals
 from fgclep_plugin.augment.text import PROMPT_VERSION, normalise_report, report_key
 from fgclep_plugin.augment.validate import (
-    RULES,
     VOCABULARY,
-    RuleConfig,
     TextTable,
     calibrate,
-    decide,
     ecg_embeddings,
-    interval_truth,
-    measured_intervals,
     naive_decisions,
     score_matrix,
     score_pairs,

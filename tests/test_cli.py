@@ -347,7 +347,7 @@ def test_light_copies_of_flag_choices_equal_their_originals():
     """The parsers offer these choices without importing the torch-loading modules that define them; a rule or
     injection added there must be added to the copy too, or the flag would refuse it."""
     from fgclep_plugin import defaults
-    from fgclep_plugin.augment.validate import RULES
+    from fgclep_plugin.augment.rules import RULES
     from fgclep_plugin.demo.config import DEMO_RULES
     from fgclep_plugin.training.injection import INJECTIONS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fgclep_plugin import demo
-from fgclep_plugin.augment.validate import RULES
+from fgclep_plugin.augment.rules import RULES
 from fgclep_plugin.demo.config import STAGE2_KINDS, STAGE3_INJECTION
 from fgclep_plugin.ecgdata.atomic import atomic_write_json
 from fgclep_plugin.train import split_argv

@@ -14,7 +14,7 @@ import pytest
 from fgclep_plugin.augment import knowledge as kb
 from fgclep_plugin.augment.oracle import NoGroundTruth, derangement, perfect_features
 from fgclep_plugin.augment.rewrite import augmented_text, run_augment
-from fgclep_plugin.augment.validate import RuleConfig, decide
+from fgclep_plugin.augment.rules import RuleConfig, decide
 from fgclep_plugin.ecgdata.reader import iter_samples
 
 MODEL = "FGCLEP-Tiny"

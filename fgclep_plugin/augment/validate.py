@@ -24,7 +24,7 @@ once, pairs scored in one gather). Decision rules (``--rule``):
 The audit compares kept interval features (slow / fast rate, long PR, wide QRS, long QT, axis deviation) with
 the intervals a sample carries (synthetic ground truth; MIMIC-IV-ECG machine measurements), and on synthetic
 samples kept features are scored against the ground truth over the features the report did not state. The rules,
-the audit and the summary counts need no torch and live in :mod:`.rules` (imported here too).
+the audit and the summary counts need no torch and live in :mod:`.rules`.
 """
 
 from __future__ import annotations
@@ -48,60 +48,8 @@ from ..model.scoring import (
 from ..model.zeroshot import ens_prompts, ens_scores
 from . import knowledge
 
-# the rules and the summary counts, which need no torch (start-up time), live in .rules; imported from here too
-from .rules import (
-    CALIB_SIZE,
-    CALIBRATED,
-    COSINE_THRESHOLD,
-    DEFAULT_RULE,
-    EXTRA_SCORES,
-    INTERVAL_FEATURES,
-    MIN_REFERENCE,
-    PAPER_THRESHOLD,
-    QUANTILE,
-    RULES,
-    WITHIN_PROPOSER_QUANTILE,
-    RuleConfig,
-    Tally,
-    decide,
-    interval_truth,
-    measured_intervals,
-    stored_decisions,
-    threshold_key,
-    unstated_truth,
-)
-
-__all__ = [  # this module's names and those of .rules
-    "CALIBRATED",
-    "CALIB_SIZE",
-    "COSINE_THRESHOLD",
-    "DEFAULT_RULE",
-    "EXTRA_SCORES",
-    "INTERVAL_FEATURES",
-    "MIN_REFERENCE",
-    "PAPER_THRESHOLD",
-    "QUANTILE",
-    "RULES",
-    "VOCABULARY",
-    "WITHIN_PROPOSER_QUANTILE",
-    "PairScores",
-    "RuleConfig",
-    "Tally",
-    "TextTable",
-    "calibrate",
-    "centring_offset",
-    "decide",
-    "ecg_embeddings",
-    "ens_root",
-    "interval_truth",
-    "measured_intervals",
-    "naive_decisions",
-    "score_matrix",
-    "score_pairs",
-    "stored_decisions",
-    "threshold_key",
-    "unstated_truth",
-]
+# the rules and the summary counts, which need no torch (start-up time), live in .rules
+from .rules import CALIBRATED, MIN_REFERENCE, threshold_key
 
 VOCABULARY = tuple(knowledge.PHRASE_TO_FEATURE)  # the centring reference: every knowledge-base phrase
 

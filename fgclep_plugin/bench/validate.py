@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..augment import knowledge as kb
-from ..augment.validate import RuleConfig, TextTable, decide, ecg_embeddings, naive_decisions, score_pairs
+from ..augment.rules import RuleConfig, decide
+from ..augment.validate import TextTable, ecg_embeddings, naive_decisions, score_pairs
 from ..ecgdata.ecg import canonicalize
 from ..model.scoring import load_model
 from ..synth.source import synth_record

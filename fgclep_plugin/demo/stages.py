@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..augment.rewrite import run_augment
-from ..augment.validate import RuleConfig
+from ..augment.rules import RuleConfig
 from ..ecgdata.atomic import atomic_write_json
 from ..evaluate import EvalSettings, evaluate
 from ..evaluate.figures import make_figures

@@ -20,6 +20,7 @@ from scipy.signal import firwin, kaiserord
 from .tower import EcgTowerCfg
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+"""Signal dtypes widened to float32 by torch; any other dtype is converted by numpy first."""
 
 CANONICAL_FS = 500
 """Sampling rate (Hz) of canonical ECGs in shards."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from ..augment.validate import RULES
+from ..augment.rules import RULES
 
 CONTROL = "original"
 STAGE2_ARMS = ("unvalidated", "perfect-validation", "perfect-features", "wrong-features")
